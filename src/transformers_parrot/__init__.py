@@ -1,0 +1,41 @@
+"""transformers-parrot: Parrot (arXiv 2406.02539) as a native Hugging Face Transformers model.
+
+Importing this package registers Parrot with the transformers Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForImageTextToText`, `AutoModelForVision2Seq` where it exists, `AutoProcessor`) and marks the classes
+for Hub remote code, so `save_pretrained` writes a folder that loads with `trust_remote_code=True`.
+"""
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from .configuration_parrot import ParrotConfig
+from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
+try:  # TEMP while processing_parrot.py is being written
+    from .processing_parrot import ParrotProcessor
+except ImportError:
+    ParrotProcessor = None
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ParrotConfig.model_type, ParrotConfig, exist_ok=True)
+AutoModel.register(ParrotConfig, ParrotModel, exist_ok=True)
+AutoModelForImageTextToText.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
+if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
+    transformers.AutoModelForVision2Seq.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
+if ParrotProcessor is not None:
+    AutoProcessor.register(ParrotConfig, ParrotProcessor, exist_ok=True)
+
+# Remote code: `save_pretrained` copies the modeling/configuration/processing files and writes `auto_map`.
+ParrotConfig.register_for_auto_class()
+ParrotForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+ParrotModel.register_for_auto_class("AutoModel")
+if ParrotProcessor is not None:
+    ParrotProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "ParrotConfig",
+    "ParrotPreTrainedModel",
+    "ParrotModel",
+    "ParrotForConditionalGeneration",
+    "ParrotProcessor",
+]

@@ -1,0 +1,567 @@
+"""PyTorch Parrot: LLaVA plus a text-guided multilingual Mixture-of-Experts on the visual tokens.
+
+Shapes used in docstrings: B batch, S sequence, N images in the batch, L tokens per image, D LLM hidden size,
+E experts, I expert intermediate size. This file is also published as Hub remote code, so it imports nothing
+but ``torch`` and ``transformers`` (plus its sibling configuration file).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+
+from .configuration_parrot import ParrotConfig
+
+try:  # transformers >= 5: initialisers that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    from torch.nn import init
+
+# 5.x's `generate` says which step is the prefill with `is_first_iteration`; 4.x passes `cache_position` instead.
+_GENERATE_HAS_FIRST_ITERATION = "is_first_iteration" in inspect.signature(
+    GenerationMixin.prepare_inputs_for_generation
+).parameters
+
+# Keyword arguments the LLM backbone understands beyond the explicit ones; anything else a trainer or
+# pipeline puts in the batch (token_type_ids, offset_mapping, ...) is ignored instead of reaching attention.
+_LANGUAGE_MODEL_KWARGS = (
+    "cache_position",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)
+
+
+@dataclass
+class ParrotModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
+        Visual tokens after the projector and the MoE, i.e. what replaced the `<image>` placeholders.
+    router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*):
+        Pre-softmax gate logits of each image, in image order. Returned with `output_router_logits=True`.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+
+
+@dataclass
+class ParrotCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
+    past_key_values (`Cache`, *optional*): the KV cache for further decoding.
+    hidden_states / attentions: as in every transformers causal LM.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
+        Visual tokens after the projector and the MoE.
+    router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*): pre-softmax gate logits.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    router_logits: torch.FloatTensor | None = None
+
+
+class ParrotMultiModalProjector(nn.Module):
+    """The "mlp2x_gelu" projector: Linear(vision→D) → act → Linear(D→D)."""
+
+    def __init__(self, config: ParrotConfig):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(
+            config.vision_config.hidden_size, text_hidden, bias=config.multimodal_projector_bias
+        )
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=config.multimodal_projector_bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(N, L, vision_hidden) → (N, L, D)."""
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class ParrotExperts(nn.Module):
+    """E SwiGLU experts E_e(x) = W_down,e (silu(W_gate,e x) ⊙ W_up,e x), stored stacked as in Mixtral.
+
+    `gate_up_proj` is (E, 2I, D) with the gate rows first, `down_proj` is (E, D, I): no biases.
+    """
+
+    def __init__(self, config: ParrotConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.hidden_dim = config.text_config.hidden_size
+        self.intermediate_dim = config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        self.act_fn = nn.SiLU()
+
+    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """(..., k, 2I) → (..., k, I)."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act_fn(gate) * up
+
+    def forward(self, hidden_states: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """Dense mixture Σ_e w_e E_e(x) as two matmuls over all experts at once.
+
+        hidden_states (N, L, D), routing_weights (N, E) → (N, L, D).
+        """
+        num_images, seq_len, hidden = hidden_states.shape
+        num_experts, inter = self.num_experts, self.intermediate_dim
+        gate_up = F.linear(hidden_states, self.gate_up_proj.reshape(num_experts * 2 * inter, hidden))
+        activated = self._swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter))
+        # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,eᵀ.
+        activated = activated * routing_weights[:, None, :, None].to(activated.dtype)
+        down = self.down_proj.transpose(1, 2).reshape(num_experts * inter, hidden)
+        return activated.reshape(num_images, seq_len, num_experts * inter) @ down
+
+    def forward_top_k(
+        self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Sparse mixture over each image's k chosen experts only (batched matmuls, no Python loop).
+
+        hidden_states (N, L, D), expert_index (N, k), routing_weights (N, k) → (N, L, D).
+        """
+        num_images, seq_len, hidden = hidden_states.shape
+        top_k, inter = expert_index.shape[1], self.intermediate_dim
+        gate_up_weight = self.gate_up_proj[expert_index].reshape(num_images, top_k * 2 * inter, hidden)
+        gate_up = torch.bmm(hidden_states, gate_up_weight.transpose(1, 2))
+        activated = self._swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter))
+        activated = activated * routing_weights[:, None, :, None].to(activated.dtype)
+        down = self.down_proj[expert_index].transpose(2, 3).reshape(num_images, top_k * inter, hidden)
+        return torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
+
+
+class ParrotMultilingualMoE(nn.Module):
+    """Parrot's text-guided MoE (paper §3.2; parrot-notes §1).
+
+    For every image: the CLS visual token queries the prompt's word embeddings (parameter-free cross-attention),
+    the attended text vector goes through the gate, and the softmax weights mix the experts applied to all of the
+    image's tokens, plus the residual `moe_residual_weight · X`. Routing is per image.
+    """
+
+    def __init__(self, config: ParrotConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.moe_top_k
+        self.residual_weight = config.moe_residual_weight
+        self.gate = nn.Linear(config.text_config.hidden_size, config.num_experts, bias=False)
+        self.experts = ParrotExperts(config)
+
+    @staticmethod
+    def text_guidance(
+        query: torch.Tensor, text_embeds: torch.Tensor, guidance_mask: torch.Tensor, image_to_sample: torch.Tensor
+    ) -> torch.Tensor:
+        """g = softmax(q Tᵀ / √D) T over each image's own guidance tokens.
+
+        query (N, D), text_embeds (B, S, D), guidance_mask (B, S) bool, image_to_sample (N,) → (N, D).
+        An image whose sample has no guidance token gets g = 0.
+        """
+        batch, seq_len, hidden = text_embeds.shape
+        flat_text = text_embeds.reshape(batch * seq_len, hidden)
+        scores = (query @ flat_text.T).float() / math.sqrt(hidden)  # (N, B*S)
+        token_sample = torch.arange(batch, device=query.device).repeat_interleave(seq_len)
+        allowed = guidance_mask.reshape(1, batch * seq_len) & (token_sample[None, :] == image_to_sample[:, None])
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        attn = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all-masked rows → 0
+        return attn.to(flat_text.dtype) @ flat_text
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_embeds: torch.Tensor,
+        guidance_mask: torch.Tensor,
+        image_to_sample: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_features (N, L, D), text_embeds (B, S, D), guidance_mask (B, S), image_to_sample (N,)
+        → (mixed features (N, L, D), router logits (N, E))."""
+        guidance = self.text_guidance(image_features[:, 0], text_embeds, guidance_mask, image_to_sample)
+        router_logits = self.gate(guidance.to(self.gate.weight.dtype))
+        routing_weights = torch.softmax(router_logits, dim=-1).to(image_features.dtype)
+        if self.top_k is None or self.top_k == self.num_experts:
+            mixed = self.experts(image_features, routing_weights)
+        else:
+            top_weights, top_index = routing_weights.topk(self.top_k, dim=-1)
+            top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
+            mixed = self.experts.forward_top_k(image_features, top_index, top_weights)
+        return mixed + self.residual_weight * image_features, router_logits
+
+
+class ParrotPreTrainedModel(PreTrainedModel):
+    config: ParrotConfig
+    config_class = ParrotConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "Qwen2DecoderLayer", "ParrotMultilingualMoE"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _supports_cache_class = True
+    _supports_static_cache = True
+    _supports_quantized_cache = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also write the `auto_map` entries of every Auto class Parrot supports, so the saved folder loads with
+        `trust_remote_code=True` through any of them."""
+        if self._auto_class is not None:
+            module = ParrotModel.__module__.rsplit(".", 1)[-1]
+            config_module = type(self.config).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoConfig": f"{config_module}.ParrotConfig",
+                "AutoModel": f"{module}.ParrotModel",
+                "AutoModelForImageTextToText": f"{module}.ParrotForConditionalGeneration",
+                "AutoModelForVision2Seq": f"{module}.ParrotForConditionalGeneration",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, ParrotExperts):
+            init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=std)
+        elif isinstance(module, nn.Linear) and isinstance(module.weight, nn.Parameter):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(getattr(module, "class_embedding", None), nn.Parameter):  # CLIP embeddings on 4.x
+            init.normal_(module.class_embedding, mean=0.0, std=std)
+            super()._init_weights(module)
+        else:
+            super()._init_weights(module)
+
+
+class ParrotModel(ParrotPreTrainedModel):
+    """Vision tower → projector → multilingual MoE → placeholders of the LLM input → LLM (no LM head)."""
+
+    def __init__(self, config: ParrotConfig):
+        super().__init__(config)
+        vision_tower = AutoModel.from_config(config.vision_config)
+        # transformers 4.x wraps CLIP in `.vision_model`, 5.x does not: unwrap so weight names are the same on both.
+        self.vision_tower = getattr(vision_tower, "vision_model", vision_tower)
+        self.multi_modal_projector = ParrotMultiModalProjector(config)
+        self.moe = ParrotMultilingualMoE(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower + projector, before the MoE.
+
+        pixel_values (N, 3, H, W) → `pooler_output` (N, L, D) projected visual tokens; `last_hidden_state`,
+        `hidden_states` and `attentions` are the vision tower's.
+        """
+        self._check_pixel_values(pixel_values)
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        vision_outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype if hasattr(self.vision_tower, "dtype") else pixel_values.dtype),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+        )
+        selected = vision_outputs.hidden_states[layer]
+        if strategy == "default":
+            selected = selected[:, 1:]
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=self.multi_modal_projector(selected),
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
+        return output if self._use_return_dict(return_dict) else output.to_tuple()
+
+    def _use_return_dict(self, return_dict: bool | None) -> bool:
+        return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.vision_config.image_size
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
+            raise ValueError(
+                f"pixel_values must have shape (num_images, {channels}, {size}, {size}), got "
+                f"{tuple(pixel_values.shape)}; use ParrotProcessor to preprocess images"
+            )
+
+    def _token_mask(
+        self, token_id: int, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, S) bool: where the token is `token_id`, from ids or, for an embeds-only call, by embedding equality."""
+        if input_ids is not None:
+            return input_ids == token_id
+        reference = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == reference.to(inputs_embeds.dtype)).all(-1)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, num_images: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the `<image>` placeholders against the images and map each image to its sample.
+
+        Returns the (B, S) placeholder mask and image_to_sample (N,), images in (batch, position) order.
+        """
+        image_mask = self._token_mask(self.config.image_token_id, input_ids, inputs_embeds)
+        seq_per_image = self.config.image_seq_length
+        per_sample = image_mask.sum(-1)
+        n_tokens = int(per_sample.sum())
+        if n_tokens != num_images * seq_per_image:
+            raise ValueError(
+                f"Image features and image tokens do not match: the input holds {n_tokens} image tokens but "
+                f"pixel_values holds {num_images} image(s) of image_seq_length={seq_per_image} tokens "
+                f"(expected {num_images * seq_per_image} tokens). Each `<image>` must be expanded by the processor."
+            )
+        bad = (per_sample % seq_per_image).nonzero()
+        if bad.numel():
+            sample = int(bad[0, 0])
+            raise ValueError(
+                f"Sample {sample} holds {int(per_sample[sample])} image tokens, not a multiple of "
+                f"image_seq_length={seq_per_image}: an image was truncated or a placeholder was split."
+            )
+        image_starts = image_mask.nonzero()[::seq_per_image]  # (N, 2): (sample, position) of each image
+        return image_mask, image_starts[:, 0]
+
+    def get_guidance_mask(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, S) bool: the tokens that guide the router, i.e. the prompt.
+
+        Every attended, non-image token except assistant answers: a token is an answer when an assistant header
+        (`config.assistant_header_ids`) ended before it and no `<|im_start|>` came since. Labels are never needed,
+        so the router sees the same text at training (prompt + answer) as at generation (prompt only).
+        """
+        header = self.config.assistant_header_ids
+        header_len = len(header)
+        matches = [self._token_mask(token_id, input_ids, inputs_embeds) for token_id in header]
+        seq_len = image_mask.shape[1]
+        header_end = torch.ones_like(image_mask)
+        for offset, match in enumerate(matches):  # the header must end at position p: token k at p - (H-1) + k
+            shift = header_len - 1 - offset
+            header_end = header_end & F.pad(match, (shift, 0), value=False)[:, :seq_len]
+        positions = torch.arange(seq_len, device=image_mask.device).expand_as(image_mask)
+        none = torch.full_like(positions, -1)
+        last_header_end = torch.where(header_end, positions, none).cummax(dim=1).values
+        last_header_end = F.pad(last_header_end, (1, 0), value=-1)[:, :seq_len]  # strictly before p
+        last_turn_start = torch.where(matches[0], positions, none).cummax(dim=1).values
+        is_answer = last_header_end > last_turn_start
+        guidance = ~image_mask & ~is_answer
+        if attention_mask is not None and attention_mask.ndim == 2:
+            guidance = guidance & attention_mask.bool()
+        return guidance
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ParrotModelOutputWithPast | tuple:
+        """input_ids (B, S) or inputs_embeds (B, S, D), pixel_values (N, 3, H, W) → last_hidden_state (B, S, D).
+
+        Unknown keyword arguments (extra batch keys from trainers and pipelines) are ignored.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = router_logits = None
+        if pixel_values is not None:
+            self._check_pixel_values(pixel_values)
+            image_mask, image_to_sample = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
+            image_features = self.get_image_features(pixel_values, return_dict=True).pooler_output
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            if self.config.use_moe:
+                guidance_mask = self.get_guidance_mask(input_ids, inputs_embeds, attention_mask, image_mask)
+                image_features, router_logits = self.moe(
+                    image_features, inputs_embeds, guidance_mask, image_to_sample
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
+        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            n_tokens = int((input_ids == self.config.image_token_id).sum())
+            if n_tokens:
+                raise ValueError(
+                    f"The input holds {n_tokens} image tokens but no pixel_values were given; pass the images "
+                    "the processor expanded them for."
+                )
+
+        language_kwargs = {key: kwargs[key] for key in _LANGUAGE_MODEL_KWARGS if key in kwargs}
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **language_kwargs,
+        )
+        output = ParrotModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            router_logits=router_logits if output_router_logits else None,
+        )
+        return output if self._use_return_dict(return_dict) else output.to_tuple()
+
+
+class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
+    """Parrot with its LM head: image + multilingual prompt → text."""
+
+    _tied_weights_keys = (
+        {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+        if _GENERATE_HAS_FIRST_ITERATION
+        else ["lm_head.weight"]
+    )
+
+    def __init__(self, config: ParrotConfig):
+        super().__init__(config)
+        self.model = ParrotModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> BaseModelOutputWithPooling | tuple:
+        """See [`ParrotModel.get_image_features`]: projected visual tokens before the MoE."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> ParrotCausalLMOutputWithPast | tuple:
+        """As [`ParrotModel.forward`], plus `labels` (B, S) (-100 = ignored) for the next-token loss and
+        `logits_to_keep` (keep only the last k positions' logits, or the given indices)."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        output = ParrotCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            router_logits=outputs.router_logits,
+        )
+        return output if self.model._use_return_dict(return_dict) else output.to_tuple()
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> dict:
+        """Feed the images at prefill only: vision tower and MoE never run on decoding steps."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        if _GENERATE_HAS_FIRST_ITERATION:
+            is_prefill = bool(kwargs.get("is_first_iteration", False))
+        else:
+            cache_position = kwargs.get("cache_position")
+            is_prefill = cache_position is None or int(cache_position[0]) == 0
+        if is_prefill or not kwargs.get("use_cache", True):
+            model_inputs["pixel_values"] = pixel_values
+        else:
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+
+__all__ = ["ParrotPreTrainedModel", "ParrotModel", "ParrotForConditionalGeneration"]
