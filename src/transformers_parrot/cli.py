@@ -1,0 +1,12 @@
+"""Console-script entry points of transformers-parrot."""
+
+from __future__ import annotations
+
+import sys
+
+
+def eval_main() -> None:
+    """``parrot-eval``: see ``transformers_parrot.evaluation.cli``."""
+    from .evaluation.cli import main
+
+    sys.exit(main())

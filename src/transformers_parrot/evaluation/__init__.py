@@ -1,0 +1,66 @@
+"""Multilingual evaluation (MMMB, multilingual MMBench) the way Parrot's paper measured it.
+
+Python API::
+
+    from transformers_parrot.evaluation import evaluate
+    results = evaluate(model, processor, benchmark="mmmb", languages=["en", "zh"], output_dir="out")
+    results = evaluate(predict_fn=my_fn, benchmark="data/mmbench_dev_ar.tsv", output_dir="out")
+
+CLI: ``parrot-eval --model PATH_OR_ID --benchmark mmmb --output out``.
+"""
+
+from .data import (
+    BENCHMARKS,
+    FILE_CODES,
+    HUB_DATASET_REPO,
+    LANGUAGES,
+    BadRow,
+    DatasetFormatError,
+    Sample,
+    UnknownLanguageError,
+    load_tsv,
+    normalize_language,
+    resolve_benchmark_file,
+)
+from .extraction import extract_choice
+from .prompts import INSTRUCTIONS, build_prompt
+from .runner import (
+    EvaluationConfigError,
+    FunctionPredictor,
+    Predictor,
+    PromptItem,
+    TransformersPredictor,
+    evaluate,
+    load_model_and_processor,
+    load_predictor,
+    prepare_benchmark,
+)
+from .scoring import score_benchmark, score_rows
+
+__all__ = [
+    "BENCHMARKS",
+    "FILE_CODES",
+    "HUB_DATASET_REPO",
+    "INSTRUCTIONS",
+    "LANGUAGES",
+    "BadRow",
+    "DatasetFormatError",
+    "EvaluationConfigError",
+    "FunctionPredictor",
+    "Predictor",
+    "PromptItem",
+    "Sample",
+    "TransformersPredictor",
+    "UnknownLanguageError",
+    "build_prompt",
+    "evaluate",
+    "extract_choice",
+    "load_model_and_processor",
+    "load_predictor",
+    "load_tsv",
+    "normalize_language",
+    "prepare_benchmark",
+    "resolve_benchmark_file",
+    "score_benchmark",
+    "score_rows",
+]

@@ -1,0 +1,95 @@
+"""``parrot-eval``: evaluate a model on MMMB / multilingual MMBench / a VLMEvalKit multiple-choice TSV."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from .data import LANGUAGES, DatasetFormatError, UnknownLanguageError
+from .report import RESULTS_MD
+from . import runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parrot-eval",
+        description="Evaluate an image-text-to-text model on MMMB and multilingual MMBench (Parrot, arXiv 2406.02539).",
+    )
+    p.add_argument("--model", required=True, help="model folder or Hub id (loaded with the Auto classes)")
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        help="mmmb, mmbench, or a path to a VLMEvalKit-format multiple-choice TSV (comma-separate several)",
+    )
+    p.add_argument("--languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
+    p.add_argument("--data-dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
+    p.add_argument("--output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most N rows per language")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--model-name", default=None, help="name used in the reports (default: --model)")
+    p.add_argument("--circular", dest="circular", action="store_true", default=None,
+                   help="force circular evaluation (default: on for MMBench)")
+    p.add_argument("--no-circular", dest="circular", action="store_false")
+    p.add_argument("--no-download", action="store_true", help="never download benchmark files from the Hub")
+    p.add_argument("--overwrite", action="store_true", help="discard predictions already in the output folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.batch_size < 1:
+        print("parrot-eval: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    benchmarks = [b for b in args.benchmark.split(",") if b.strip()] if "," in args.benchmark else [args.benchmark]
+    try:
+        # Validate the data first: a wrong path or column layout fails before a model is loaded.
+        datas = [
+            runner.prepare_benchmark(b, args.languages, args.data_dir, limit=args.limit, circular=args.circular,
+                                     download=not args.no_download)
+            for b in benchmarks
+        ]
+        predictor = runner.load_predictor(
+            args.model,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            max_new_tokens=args.max_new_tokens,
+        )
+        results = runner.evaluate(
+            predictor=predictor,
+            benchmark=datas,
+            languages=args.languages,
+            data_dir=args.data_dir,
+            output_dir=args.output,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            model_name=args.model_name or args.model,
+            circular=args.circular,
+            download=not args.no_download,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
+    except (DatasetFormatError, UnknownLanguageError, runner.EvaluationConfigError) as e:
+        print(f"parrot-eval: error: {e}", file=sys.stderr)
+        return 2
+    for bench, per_lang in results.items():
+        cells = ", ".join(f"{l} {r['overall']:.2f}" for l, r in per_lang.items())
+        print(f"{bench}: {cells}")
+    print(f"results written to {args.output} (see {RESULTS_MD})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
