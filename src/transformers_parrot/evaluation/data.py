@@ -366,7 +366,8 @@ def load_tsv(
             try:
                 lang = normalize_language(_cell(r.get(lang_col)))
             except UnknownLanguageError:
-                reject(shown_idx, _cell(r.get(lang_col)), f"unknown language code {_cell(r.get(lang_col))!r}")
+                # counted against the file's language (if known); the bad code is in the reason
+                reject(shown_idx, file_language, f"unknown language code {_cell(r.get(lang_col))!r}")
                 continue
         if lang is None:
             reject(shown_idx, None, "no language code")
