@@ -466,26 +466,62 @@ def test_console_script_entry_point():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Tiny real model end to end (needs transformers_parrot.tiny)
+# Tiny real Parrot model end to end (transformers_parrot.tiny when it exists, else built here from the parts)
 # --------------------------------------------------------------------------------------------------------------
-def test_tiny_parrot_end_to_end(tmp_path, data_dir):
-    tiny = pytest.importorskip("transformers_parrot.tiny", reason="transformers_parrot.tiny not available yet")
-    make_model = getattr(tiny, "tiny_model", None)
-    make_processor = getattr(tiny, "tiny_processor", None)
-    if make_model is None or make_processor is None:
-        pytest.skip("transformers_parrot.tiny has no tiny_model()/tiny_processor()")
+def _tiny_parrot():
     import torch
 
     torch.manual_seed(0)
-    model, processor = make_model().eval(), make_processor()
+    try:
+        from transformers_parrot import tiny
+    except ImportError:
+        tiny = None
+    if tiny is not None and hasattr(tiny, "tiny_model") and hasattr(tiny, "tiny_processor"):
+        return tiny.tiny_model().eval(), tiny.tiny_processor()
+    # TODO: drop this fallback once transformers_parrot.tiny provides tiny_model()/tiny_processor()
+    modeling = pytest.importorskip("transformers_parrot.modeling_parrot")
+    processing = pytest.importorskip("transformers_parrot.processing_parrot")
+    from transformers import AutoTokenizer
+
+    from transformers_parrot.assets import TINY_TOKENIZER_DIR
+    from transformers_parrot.configuration_parrot import ParrotConfig
+
+    tok = AutoTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR))
+    image_processor = processing.default_image_processor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    processor = processing.ParrotProcessor(image_processor=image_processor, tokenizer=tok, image_seq_length=5)
+    config = ParrotConfig(
+        text_config=dict(model_type="qwen2", vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=8, patch_size=4, projection_dim=32),
+        image_token_id=processor.image_token_id,
+        assistant_header_ids=processor.assistant_header_ids,
+        num_experts=3,
+        moe_intermediate_size=24,
+    )
+    return modeling.ParrotForConditionalGeneration(config).eval(), processor
+
+
+def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
+    model, processor = _tiny_parrot()
     kw = dict(benchmark="mmmb", languages="en,ar", data_dir=data_dir, batch_size=3, max_new_tokens=4,
               model_name="tiny", progress=False)
     res = evaluate(model, processor, output_dir=tmp_path / "a", **kw)
     assert set(res["mmmb"]) == {"en", "ar"} and res["mmmb"]["en"]["n"] == 4
-    preds = (tmp_path / "a" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(preds) == 8
+    preds = [json.loads(l) for l in (tmp_path / "a" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(preds) == 8 and all(isinstance(p["prediction"], str) for p in preds)
     # batched left-padded greedy decoding gives the same answers as batch size 1
     res1 = evaluate(model, processor, output_dir=tmp_path / "b", **dict(kw, batch_size=1))
-    p1 = [json.loads(l)["prediction"] for l in (tmp_path / "b" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert p1 == [json.loads(l)["prediction"] for l in preds]
+    p1 = [json.loads(l) for l in (tmp_path / "b" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [p["prediction"] for p in p1] == [p["prediction"] for p in preds]
     assert res1 == res
+    # the CLI loads a saved checkpoint through the Auto classes
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    rc = eval_cli.main(["--model", str(ckpt), "--benchmark", "mmmb", "--languages", "en,ar", "--data-dir",
+                        str(data_dir), "--output", str(tmp_path / "c"), "--batch-size", "3", "--max-new-tokens", "4",
+                        "--dtype", "float32", "--device", "cpu", "--model-name", "tiny", "--no-progress", "-q"])
+    assert rc == 0
+    assert (tmp_path / "c" / "results.json").read_bytes() == (tmp_path / "a" / "results.json").read_bytes()
