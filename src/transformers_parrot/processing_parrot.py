@@ -76,8 +76,9 @@ _IGNORED_KWARGS = {"return_text_replacement_offsets", "return_mm_token_type_ids"
 _TRUNCATION_OFF = (None, False, "do_not_truncate")
 
 
-def default_image_processor():
-    """LLaVA/CLIP-336 image processor with pad-to-square, as the released Parrot checkpoints use."""
+def default_image_processor(**overrides):
+    """LLaVA/CLIP-336 image processor with pad-to-square, as the released Parrot checkpoints use; keyword arguments
+    override settings (e.g. ``size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}`` for tests)."""
     settings = dict(
         do_pad=True,
         size={"shortest_edge": 336},
@@ -91,6 +92,7 @@ def default_image_processor():
         image_std=[0.26862954, 0.26130258, 0.27577711],
         do_convert_rgb=True,
     )
+    settings.update(overrides)
     return _llava_image_processor_class()(**settings)
 
 
@@ -428,11 +430,29 @@ class ParrotProcessor(ProcessorMixin):
             generated_outputs = [generated_outputs]
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' ``apply_chat_template``, after turning string contents into ``[{"type": "text", ...}]``
+        (transformers 4.57 needs list contents to tokenize; the rendered text is the same)."""
+        return super().apply_chat_template(_listify_contents(conversation), *args, **kwargs)
+
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, *args, **kwargs):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         _make_saved_files_portable(Path(save_directory))
         return result
+
+
+def _listify_contents(conversation):
+    def fix(message):
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return {**message, "content": [{"type": "text", "text": message["content"]}]}
+        return message
+
+    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
+        return [[fix(m) for m in conv] for conv in conversation]
+    if isinstance(conversation, (list, tuple)):
+        return [fix(m) for m in conversation]
+    return conversation
 
 
 def _validate_tokenizer(tokenizer):
