@@ -525,3 +525,41 @@ def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
                         "--dtype", "float32", "--device", "cpu", "--model-name", "tiny", "--no-progress", "-q"])
     assert rc == 0
     assert (tmp_path / "c" / "results.json").read_bytes() == (tmp_path / "a" / "results.json").read_bytes()
+
+
+def test_hub_download_is_cached(tmp_path, data_dir, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, local_dir=None, **kw):
+        calls.append((repo_id, filename, repo_type))
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((data_dir / filename).read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    cache = tmp_path / "cache"
+    p1 = resolve_benchmark_file("mmbench", "zh", cache)
+    p2 = resolve_benchmark_file("mmbench", "cn", cache)
+    assert p1 == p2 == cache / "mmbench" / "mmbench_dev_cn.tsv"
+    assert calls == [("AIDC-AI/Parrot-dataset", "mmbench/mmbench_dev_cn.tsv", "dataset")]
+
+    def offline(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(DatasetFormatError, match="mmmb/mmmb_ar.tsv"):
+        resolve_benchmark_file("mmmb", "ar", cache)
+
+
+def test_image_failing_at_run_time_is_skipped(tmp_path, data_dir):
+    data = eval_runner.prepare_benchmark("mmmb", ["tr"], data_dir)
+    (data_dir / "mmmb" / "images" / "tr_1.png").unlink()  # vanishes after validation
+    pred = ScriptedPredictor(mmmb_answers())
+    res = evaluate(predictor=pred, benchmark=data, output_dir=tmp_path / "o", progress=False)["mmmb"]["tr"]
+    assert res["n"] == 3 and res["skipped"] == 2 and res["overall"] == pytest.approx(100 / 3)
+    assert ("tr", 1) not in pred.rows
+    skipped = json.loads((tmp_path / "o" / "skipped.json").read_text(encoding="utf-8"))["mmmb"]
+    assert any(s["index"] == 1 and "cannot be loaded" in s["reason"] for s in skipped)

@@ -127,19 +127,20 @@ def results_markdown(results: Mapping, model_name: str = "model", compare_paper:
 
 def plot_png(results: Mapping, model_name: str = "model") -> bytes:
     """Grouped bar chart: accuracy per language, one bar per benchmark."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    # Agg canvas on a bare Figure: no pyplot, no global backend switch (safe inside notebooks and GUIs).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     benches = list(results)
     langs = _lang_order(l for b in benches for l in results[b])
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(langs) + 2), 4.0), dpi=100)
+    fig = Figure(figsize=(max(6.0, 1.2 * len(langs) + 2), 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(benches))
     for i, b in enumerate(benches):
         xs = [j + (i - (len(benches) - 1) / 2) * width for j in range(len(langs))]
         ys = [results[b][l]["overall"] if l in results[b] else 0.0 for l in langs]
-        bars = ax.bar(xs, ys, width=width, label=display_name(b))
+        ax.bar(xs, ys, width=width, label=display_name(b))
         for x, y, l in zip(xs, ys, langs):
             if l in results[b]:
                 ax.text(x, y + 1, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
@@ -153,7 +154,6 @@ def plot_png(results: Mapping, model_name: str = "model") -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
     return buf.getvalue()
 
 
