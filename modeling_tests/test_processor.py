@@ -499,3 +499,33 @@ def test_remote_code_load_without_package(processor, tmp_path):
         got = _remote_load(python, saved)
         assert {k: got[k] for k in expected} == expected, python
         assert got["pixels"] == pytest.approx(float(np.abs(ref["pixel_values"]).sum()), rel=1e-5)
+
+
+def test_trl_dpo_vision_collator(processor):
+    pytest.importorskip("trl")
+    if not IS_V5:
+        pytest.skip("TRL 1.16 is tested with transformers 5.x")
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    img = bundled_image()
+    examples = [
+        {"images": [img], "prompt": [{"role": "user", "content": "What colour is the circle?"}],
+         "chosen": [{"role": "assistant", "content": "Red."}],
+         "rejected": [{"role": "assistant", "content": "Blue, clearly."}]},
+        {"images": [img], "prompt": [{"role": "user", "content": "Shape?"}],
+         "chosen": [{"role": "assistant", "content": "Circle."}],
+         "rejected": [{"role": "assistant", "content": "Square."}]},
+    ]
+    batch = DataCollatorForVisionPreference(processor)(examples)
+    assert batch["pixel_values"].shape == (4, 3, SIDE, SIDE)
+    tok = processor.tokenizer
+    completions = ["Red.", "Circle.", "Blue, clearly.", "Square."]
+    for row, completion in enumerate(completions):
+        ids = batch["input_ids"][row]
+        completion_mask = batch["completion_mask"][row].bool()
+        prompt_mask = batch["attention_mask"][row].bool() & ~completion_mask
+        # TRL's completion is "rendered conversation minus rendered prompt": answer, <|im_end|> and its newline
+        assert tok.decode(ids[completion_mask]) == completion + "<|im_end|>\n"
+        assert (ids == processor.image_token_id).sum() == SEQ
+        prompt_ids = ids[prompt_mask].tolist()
+        assert prompt_ids[-len(processor.assistant_header_ids):] == processor.assistant_header_ids
