@@ -121,10 +121,18 @@ class PredictionStore:
             self.records[record_key(r)] = r
 
     def finalize(self, ordered: Iterable[Mapping]) -> None:
-        """Rewrite the file atomically: ``ordered`` first, then any other stored records in their stored order."""
+        """Rewrite the file atomically, grouped by benchmark (in order of first appearance): a benchmark's
+        ``ordered`` records first, then its other stored records (e.g. rows beyond a ``limit``) in stored order."""
         ordered = [dict(r) for r in ordered]
         keys = {record_key(r) for r in ordered}
-        rest = [r for k, r in self.records.items() if k not in keys]
-        all_records = ordered + rest
+        groups: dict[str, list[dict]] = {}
+        for r in self.records.values():
+            groups.setdefault(str(r.get("benchmark", "")), [])
+        for r in ordered:
+            groups.setdefault(str(r.get("benchmark", "")), []).append(r)
+        for k, r in self.records.items():
+            if k not in keys:
+                groups[str(r.get("benchmark", ""))].append(r)
+        all_records = [r for g in groups.values() for r in g]
         atomic_write_text(self.path, "".join(jsonl_line(r) for r in all_records))
         self.records = {record_key(r): r for r in all_records}

@@ -94,7 +94,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def results_markdown(results: Mapping, model_name: str = "model", compare_paper: bool = True) -> str:
     """A summary table laid out like the paper's (benchmark x language columns) plus per-benchmark breakdowns."""
-    out = [f"# Evaluation results: {model_name}\n", "Accuracy (%), exact matching; MMBench with circular evaluation.\n"]
+    out = [f"# Evaluation results: {model_name}\n\n", "Accuracy (%), exact matching; MMBench with circular evaluation.\n\n"]
     benches = list(results)
     header = ["model"]
     cols = []
@@ -107,11 +107,11 @@ def results_markdown(results: Mapping, model_name: str = "model", compare_paper:
     if compare_paper and all(b in ("mmmb", "mmbench") for b in benches):
         for ref, vals in PAPER_RESULTS.items():
             summary.append([ref] + [_fmt(vals[b].get(l)) for b, l in cols])
-    out.append("## Summary\n")
+    out.append("## Summary\n\n")
     out.append(_md_table(header, summary))
     for b in benches:
         langs = _lang_order(results[b])
-        out.append(f"\n## {display_name(b)}\n")
+        out.append(f"\n## {display_name(b)}\n\n")
         rows = [["overall"] + [_fmt(results[b][l].get("overall")) for l in langs]]
         for key in ("category", "l2-category"):
             names = sorted({n for l in langs for n in results[b][l].get(key, {})})
