@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from .data import (
     BENCHMARKS,
@@ -19,12 +19,11 @@ from .data import (
     is_builtin_benchmark,
     language_from_filename,
     load_tsv,
-    normalize_language,
     parse_languages,
     resolve_benchmark_file,
 )
 from .extraction import extract_choice
-from .io_utils import PredictionStore, atomic_write_json, record_key
+from .io_utils import PredictionStore, atomic_write_json
 from .prompts import build_sample_prompt
 from .scoring import score_benchmark
 
