@@ -273,21 +273,23 @@ class ParrotModel(ParrotPreTrainedModel):
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         """Vision tower + projector, before the MoE.
 
         pixel_values (N, 3, H, W) → `pooler_output` (N, L, D) projected visual tokens; `last_hidden_state`,
-        `hidden_states` and `attentions` are the vision tower's.
+        `attentions` and (when requested) `hidden_states` are the vision tower's.
         """
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config.vision_config, "output_hidden_states", False)
         self._check_pixel_values(pixel_values)
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        vision_kwargs = {} if output_attentions is None else {"output_attentions": output_attentions}
         vision_outputs = self.vision_tower(
-            pixel_values.to(self.vision_tower.dtype if hasattr(self.vision_tower, "dtype") else pixel_values.dtype),
-            output_hidden_states=True,
-            output_attentions=output_attentions,
+            pixel_values.to(self.multi_modal_projector.linear_1.weight.dtype), output_hidden_states=True, **vision_kwargs
         )
         selected = vision_outputs.hidden_states[layer]
         if strategy == "default":
@@ -295,7 +297,7 @@ class ParrotModel(ParrotPreTrainedModel):
         output = BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=self.multi_modal_projector(selected),
-            hidden_states=vision_outputs.hidden_states,
+            hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
             attentions=vision_outputs.attentions,
         )
         return output if self._use_return_dict(return_dict) else output.to_tuple()
@@ -425,14 +427,16 @@ class ParrotModel(ParrotPreTrainedModel):
                 )
 
         language_kwargs = {key: kwargs[key] for key in _LANGUAGE_MODEL_KWARGS if key in kwargs}
+        # Unset flags are left out so the LLM falls back to its own config, as transformers models do.
+        for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
+            if flag is not None:
+                language_kwargs[name] = flag
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
             **language_kwargs,
         )
@@ -450,6 +454,7 @@ class ParrotModel(ParrotPreTrainedModel):
 class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
     """Parrot with its LM head: image + multilingual prompt → text."""
 
+    _tp_plan = {"lm_head": "colwise_gather_output"}
     _tied_weights_keys = (
         {"lm_head.weight": "model.language_model.embed_tokens.weight"}
         if _GENERATE_HAS_FIRST_ITERATION
@@ -497,7 +502,7 @@ class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
     ) -> ParrotCausalLMOutputWithPast | tuple:
         """As [`ParrotModel.forward`], plus `labels` (B, S) (-100 = ignored) for the next-token loss and
         `logits_to_keep` (keep only the last k positions' logits, or the given indices)."""
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -517,12 +522,12 @@ class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, keep, :])
 
         loss = None
-        if labels is not None:
+        if labels is not None or "shift_labels" in loss_kwargs:
             loss = self.loss_function(
                 logits=logits,
                 labels=labels,
                 vocab_size=self.config.text_config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
+                **loss_kwargs,
             )
         output = ParrotCausalLMOutputWithPast(
             loss=loss,

@@ -1,0 +1,62 @@
+"""Fetch transformers' own common model tests (ModelTesterMixin, ConfigTester) for the installed version.
+
+The wheel ships without tests, the sdist on PyPI ships `tests/test_modeling_common.py` and
+`tests/test_configuration_common.py` but not the helper modules they import (`tests/generation`,
+`tests/exporters`, `tests/utils`); those get minimal stand-ins here (the generation and export mixins are not run:
+our own tests cover `generate`). Usage: `python modeling_tests/fetch_transformers_tests.py [DEST]`
+(default `.hf_tests/`); `modeling_tests/test_transformers_common.py` skips when the files are absent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import transformers
+
+FILES = ("tests/test_modeling_common.py", "tests/test_configuration_common.py")
+STUBS = {
+    "generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
+    "exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
+    "utils/test_configuration_utils.py": "config_common_kwargs = {}\n",
+}
+
+
+def suite_dir(dest: Path) -> Path:
+    """Folder holding the `hf_tests` package for the installed transformers version."""
+    return dest / f"transformers-{transformers.__version__}"
+
+
+def fetch(dest: Path) -> Path:
+    target = suite_dir(dest)
+    package = target / "hf_tests"
+    if all((package / Path(f).name).exists() for f in FILES):
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+             f"transformers=={transformers.__version__}", "-d", tmp],
+            check=True,
+        )
+        sdist = next(Path(tmp).glob("transformers-*.tar.gz"))
+        with tarfile.open(sdist) as archive:
+            package.mkdir(parents=True, exist_ok=True)
+            for member in archive.getmembers():
+                for wanted in FILES:
+                    if member.name.endswith("/" + wanted):
+                        (package / Path(wanted).name).write_bytes(archive.extractfile(member).read())
+    for relative, text in STUBS.items():
+        path = package / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        (path.parent / "__init__.py").touch()
+    (package / "__init__.py").touch()
+    return target
+
+
+if __name__ == "__main__":
+    dest = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / ".hf_tests"
+    print(fetch(dest))
