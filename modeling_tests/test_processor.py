@@ -529,3 +529,33 @@ def test_trl_dpo_vision_collator(processor):
         assert (ids == processor.image_token_id).sum() == SEQ
         prompt_ids = ids[prompt_mask].tolist()
         assert prompt_ids[-len(processor.assistant_header_ids):] == processor.assistant_header_ids
+
+
+def test_image_text_to_text_pipeline(tokenizer):
+    """transformers 5.x pipeline("image-text-to-text") with chat input drives the processor end to end."""
+    if not IS_V5:
+        pytest.skip("pipeline chat path checked on transformers 5.x")
+    modeling = pytest.importorskip("transformers_parrot.modeling_parrot")
+    from transformers import pipeline
+
+    from transformers_parrot.configuration_parrot import ParrotConfig
+
+    torch.manual_seed(0)
+    image_processor = default_image_processor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    processor = ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=5)
+    config = ParrotConfig(
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                           num_attention_heads=4, image_size=8, patch_size=4, projection_dim=32),
+        image_token_id=processor.image_token_id, assistant_header_ids=processor.assistant_header_ids,
+        num_experts=2, moe_intermediate_size=16,
+    )
+    model = modeling.ParrotForConditionalGeneration(config).eval()
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    messages = [user_image_turn("What colour is the circle?")]
+    out = pipe(text=messages, max_new_tokens=3, generate_kwargs={"do_sample": False})
+    answer = out[0]["generated_text"][-1]
+    assert answer["role"] == "assistant" and isinstance(answer["content"], str)
