@@ -10,10 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 
 from .configuration_parrot import ParrotConfig
 from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
-try:  # TEMP while processing_parrot.py is being written
-    from .processing_parrot import ParrotProcessor
-except ImportError:
-    ParrotProcessor = None
+from .processing_parrot import ParrotProcessor
 
 __version__ = "0.1.0"
 
@@ -22,15 +19,13 @@ AutoModel.register(ParrotConfig, ParrotModel, exist_ok=True)
 AutoModelForImageTextToText.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
 if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
     transformers.AutoModelForVision2Seq.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
-if ParrotProcessor is not None:
-    AutoProcessor.register(ParrotConfig, ParrotProcessor, exist_ok=True)
+AutoProcessor.register(ParrotConfig, ParrotProcessor, exist_ok=True)
 
 # Remote code: `save_pretrained` copies the modeling/configuration/processing files and writes `auto_map`.
 ParrotConfig.register_for_auto_class()
 ParrotForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 ParrotModel.register_for_auto_class("AutoModel")
-if ParrotProcessor is not None:
-    ParrotProcessor.register_for_auto_class("AutoProcessor")
+ParrotProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "ParrotConfig",
