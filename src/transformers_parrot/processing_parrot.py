@@ -99,7 +99,7 @@ def default_image_processor(**overrides):
 def _llava_image_processor_class():
     if _TRANSFORMERS_MAJOR >= 5:
         try:  # torchvision backend when torchvision is installed, else the PIL backend (same numbers)
-            import torchvision  # noqa: F401
+            import torchvision  # noqa: F401  (availability probe)
 
             from transformers.models.llava.image_processing_llava import LlavaImageProcessor
 
@@ -353,7 +353,7 @@ class ParrotProcessor(ProcessorMixin):
             data["offset_mapping"] = [[tuple(pair) for pair in offs.tolist()] for offs in offsets]
         flat_images = [image for sample in per_sample_images for image in sample]
         if flat_images:
-            data["pixel_values"] = self._preprocess_images(flat_images, per_sample_images, image_kwargs)
+            data["pixel_values"] = self._preprocess_images(per_sample_images, image_kwargs)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------ helpers
@@ -406,12 +406,10 @@ class ParrotProcessor(ProcessorMixin):
                     raise ValueError(f"Sample {i}: image {j} is None")
         return per_sample
 
-    def _preprocess_images(self, flat_images, per_sample_images, image_kwargs):
-        pil_images, k = [], 0
-        for i, sample in enumerate(per_sample_images):
-            for j, image in enumerate(sample):
-                pil_images.append(_to_pil_rgb(image, where=f"sample {i}, image {j}"))
-                k += 1
+    def _preprocess_images(self, per_sample_images, image_kwargs):
+        pil_images = [_to_pil_rgb(image, where=f"sample {i}, image {j}")
+                      for i, sample in enumerate(per_sample_images) for j, image in enumerate(sample)]
+        # channels_last is explicit: inferring it fails for 1-pixel-high/wide images (shape (1, W, 3) looks CHW)
         out = self.image_processor(pil_images, return_tensors="np", input_data_format="channels_last",
                                    **image_kwargs)
         return np.asarray(out["pixel_values"], dtype=np.float32)
