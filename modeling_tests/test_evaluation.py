@@ -466,41 +466,12 @@ def test_console_script_entry_point():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Tiny real Parrot model end to end (transformers_parrot.tiny when it exists, else built here from the parts)
+# Tiny real Parrot model end to end
 # --------------------------------------------------------------------------------------------------------------
 def _tiny_parrot():
-    import torch
+    from transformers_parrot.tiny import tiny_model
 
-    torch.manual_seed(0)
-    try:
-        from transformers_parrot import tiny
-    except ImportError:
-        tiny = None
-    if tiny is not None and hasattr(tiny, "tiny_model") and hasattr(tiny, "tiny_processor"):
-        return tiny.tiny_model().eval(), tiny.tiny_processor()
-    # TODO: drop this fallback once transformers_parrot.tiny provides tiny_model()/tiny_processor()
-    modeling = pytest.importorskip("transformers_parrot.modeling_parrot")
-    processing = pytest.importorskip("transformers_parrot.processing_parrot")
-    from transformers import AutoTokenizer
-
-    from transformers_parrot.assets import TINY_TOKENIZER_DIR
-    from transformers_parrot.configuration_parrot import ParrotConfig
-
-    tok = AutoTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR))
-    image_processor = processing.default_image_processor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
-    processor = processing.ParrotProcessor(image_processor=image_processor, tokenizer=tok, image_seq_length=5)
-    config = ParrotConfig(
-        text_config=dict(model_type="qwen2", vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=8, patch_size=4, projection_dim=32),
-        image_token_id=processor.image_token_id,
-        assistant_header_ids=processor.assistant_header_ids,
-        num_experts=3,
-        moe_intermediate_size=24,
-    )
-    return modeling.ParrotForConditionalGeneration(config).eval(), processor
+    return tiny_model(seed=0)
 
 
 def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
