@@ -1,0 +1,274 @@
+"""Parrot's training recipes on TRL (paper §3; MLAN and DPO, parrot-notes §6): which parameters train in each
+stage, LoRA for the LLM, optimizer parameter groups with a separate projector/MoE learning rate, the paper's
+default hyperparameters, image-safe `max_length`, and a probe that checks the MoE router never sees answers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# paper §3 (and the release scripts): learning rate per stage; shared schedule
+STAGE_LEARNING_RATE = {1: 1e-3, 2: 2e-5}
+PAPER_DEFAULTS: dict[str, Any] = {
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # transformers 5: a float < 1 is a ratio of the total steps
+    "weight_decay": 0.0,
+    "num_train_epochs": 1,
+    "max_length": 2048,
+    "gradient_checkpointing": True,
+    "assistant_only_loss": True,
+}
+# the LLM's linear layers: LoRA targets when the user names none (a regex, so the vision tower is never targeted)
+LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+MULTIMODAL_MODULES = ("multi_modal_projector", "moe")
+
+
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def paper_defaults(stage: int) -> dict[str, Any]:
+    """Training-argument defaults of the paper for `stage` (1: alignment, 2: instruction tuning)."""
+    if stage not in STAGE_LEARNING_RATE:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    return {**PAPER_DEFAULTS, "learning_rate": STAGE_LEARNING_RATE[stage], "bf16": bf16_available()}
+
+
+def _parrot(model) -> nn.Module:
+    """The ParrotForConditionalGeneration inside a (PEFT-)wrapped model."""
+    from ..modeling_parrot import ParrotForConditionalGeneration
+
+    for module in model.modules():
+        if isinstance(module, ParrotForConditionalGeneration):
+            return module
+    raise TypeError(f"no ParrotForConditionalGeneration in {type(model).__name__}")
+
+
+def setup_stage(model, stage: int, train_vision: bool = False) -> dict[str, int]:
+    """Set `requires_grad` for a full-parameter stage and the MoE switch; returns parameter counts.
+
+    stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed).
+    stage 2: projector, MoE and LLM (embeddings and LM head included) train, vision tower frozen unless
+    `train_vision`; `use_moe=True`.
+    """
+    parrot = _parrot(model)
+    if stage == 1:
+        parrot.config.use_moe = False
+        trainable = ("model.multi_modal_projector.",)
+    elif stage == 2:
+        parrot.config.use_moe = True
+        trainable = ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head.")
+        if train_vision:
+            trainable += ("model.vision_tower.",)
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    for name, parameter in parrot.named_parameters():
+        parameter.requires_grad_(name.startswith(trainable))
+    return count_parameters(parrot)
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def lora_config_for_parrot(model_args=None, **overrides):
+    """A `peft.LoraConfig` for stage 2 / DPO: LoRA on the LLM's linear layers, projector and MoE trained fully
+    (`modules_to_save`), vision frozen. Reads TRL's `ModelConfig` LoRA fields when given."""
+    from peft import LoraConfig
+
+    kwargs: dict[str, Any] = {
+        "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": LLM_LORA_TARGETS,
+        "modules_to_save": list(MULTIMODAL_MODULES), "task_type": "CAUSAL_LM",
+    }
+    if model_args is not None:
+        kwargs.update(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)
+        if model_args.lora_target_modules:
+            kwargs["target_modules"] = model_args.lora_target_modules
+        if model_args.lora_modules_to_save:
+            kwargs["modules_to_save"] = list(model_args.lora_modules_to_save)
+    kwargs.update(overrides)
+    return LoraConfig(**kwargs)
+
+
+def multimodal_parameter_names(model) -> set[str]:
+    """Names (in `model`, wrapped or not) of the projector and MoE parameters."""
+    return {name for name, _ in model.named_parameters()
+            if any(f".{part}." in f".{name}" for part in MULTIMODAL_MODULES)}
+
+
+def build_param_groups(model, learning_rate: float, weight_decay: float, multimodal_lr: float | None,
+                       no_decay: Iterable[str] | None = None) -> list[dict]:
+    """Optimizer groups: (projector + MoE, rest) × (decay, no decay); projector + MoE get `multimodal_lr`."""
+    mm_names = multimodal_parameter_names(model)
+    no_decay = set(no_decay or ())
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        key = (name in mm_names, name not in no_decay)
+        groups.setdefault(key, []).append(parameter)
+    out = []
+    for (is_mm, decay), params in sorted(groups.items()):
+        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if is_mm and multimodal_lr is not None:
+            group["lr"] = multimodal_lr
+        out.append(group)
+    return out
+
+
+class ParrotOptimizerMixin:
+    """Trainer mixin: a separate learning rate for projector + MoE (`multimodal_lr`), as the original's
+    projector learning rate. The LR scheduler scales every group by the same factor."""
+
+    multimodal_lr: float | None = None
+
+    def create_optimizer(self, model=None):
+        if self.multimodal_lr is None or self.optimizer is not None:
+            return super().create_optimizer(*([model] if model is not None else []))
+        from transformers import Trainer
+
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        no_decay = {name for name, _ in model.named_parameters() if name not in decay}
+        groups = build_param_groups(model, self.args.learning_rate, self.args.weight_decay, self.multimodal_lr,
+                                    no_decay=no_decay)
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def _trainer_classes():
+    from trl import DPOTrainer, SFTTrainer
+
+    class ParrotSFTTrainer(ParrotOptimizerMixin, SFTTrainer):
+        """`trl.SFTTrainer` with an optional separate projector/MoE learning rate."""
+
+        def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
+            self.multimodal_lr = multimodal_lr
+            super().__init__(*args, **kwargs)
+
+    class ParrotDPOTrainer(ParrotOptimizerMixin, DPOTrainer):
+        """`trl.DPOTrainer` with an optional separate projector/MoE learning rate."""
+
+        def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
+            self.multimodal_lr = multimodal_lr
+            super().__init__(*args, **kwargs)
+
+    return ParrotSFTTrainer, ParrotDPOTrainer
+
+
+def __getattr__(name):  # lazy: importing the recipes must not import TRL
+    if name in ("ParrotSFTTrainer", "ParrotDPOTrainer"):
+        sft, dpo = _trainer_classes()
+        globals().update(ParrotSFTTrainer=sft, ParrotDPOTrainer=dpo)
+        return globals()[name]
+    raise AttributeError(name)
+
+
+def check_max_length(max_length: int | None, image_seq_length: int, max_images: int = 1,
+                     min_text_tokens: int = 64) -> None:
+    """Refuse a `max_length` that cannot hold `max_images` images plus some text: TRL truncates after the
+    processor expanded `<image>`, and the processor refuses to cut image tokens, so a too-short limit would only
+    fail mid-run. `None` (no truncation) is always fine."""
+    if max_length is None:
+        return
+    needed = max_images * image_seq_length + min_text_tokens
+    if max_length < needed:
+        raise ValueError(
+            f"max_length={max_length} cannot hold {max_images} image(s) of {image_seq_length} tokens plus "
+            f"{min_text_tokens} text tokens ({needed}); raise --max_length (the paper uses 2048) or pass "
+            "--max_length None"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- router probe
+class RouterProbe:
+    """Checks, inside any trainer, that the router weights the model used for each training sample equal the ones
+    it computes at generation for the same prompt.
+
+    Forward hooks on every `ParrotModel` and `ParrotMultilingualMoE` in the model record each training forward's
+    router logits; for each row with images, the hook then runs the model on that row's generation prompt (the
+    tokens up to and including the last `<|im_start|>assistant\\n`, no padding, no answer) with the row's images,
+    under `no_grad` and with the same weights, and stores both. `max_abs_diff()` is the largest difference.
+    """
+
+    def __init__(self, model, max_checks: int | None = None):
+        from ..modeling_parrot import ParrotModel, ParrotMultilingualMoE
+
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.max_checks = max_checks
+        self._inner = False
+        self._last_logits = None
+        self._handles = []
+        for module in model.modules():
+            if isinstance(module, ParrotMultilingualMoE):
+                self._handles.append(module.register_forward_hook(self._moe_hook))
+            elif isinstance(module, ParrotModel):
+                self._handles.append(module.register_forward_hook(self._model_hook, with_kwargs=True))
+
+    def _moe_hook(self, module, args, output):
+        if not self._inner:
+            self._last_logits = output[1].detach().float().clone()
+
+    def _model_hook(self, module, args, kwargs, output):
+        if self._inner or self._last_logits is None:
+            return
+        if self.max_checks is not None and len(self.pairs) >= self.max_checks:
+            return
+        training_logits, self._last_logits = self._last_logits, None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        pixel_values = kwargs.get("pixel_values")
+        attention_mask = kwargs.get("attention_mask")
+        if input_ids is None or pixel_values is None:
+            return
+        config = module.config
+        seq = config.image_seq_length
+        header = torch.tensor(config.assistant_header_ids, device=input_ids.device)
+        image_index = 0
+        self._inner = True
+        try:
+            with torch.no_grad():
+                for row in range(input_ids.shape[0]):
+                    ids = input_ids[row]
+                    if attention_mask is not None:
+                        ids = ids[attention_mask[row].bool()]
+                    n_images = int((ids == config.image_token_id).sum()) // seq
+                    if n_images == 0:
+                        continue
+                    windows = ids.unfold(0, len(header), 1)
+                    ends = (windows == header).all(-1).nonzero()
+                    prompt = ids[: int(ends[-1]) + len(header)]
+                    out = module(input_ids=prompt[None], pixel_values=pixel_values[image_index:image_index + n_images],
+                                 output_router_logits=True, use_cache=False)
+                    generation_logits = out.router_logits.detach().float()
+                    self.pairs.append((training_logits[image_index:image_index + n_images].cpu(),
+                                       generation_logits.cpu()))
+                    image_index += n_images
+        finally:
+            self._inner = False
+
+    def max_abs_diff(self) -> float:
+        if not self.pairs:
+            raise RuntimeError("RouterProbe saw no training forward with images and the MoE enabled")
+        return max(float((a - b).abs().max()) for a, b in self.pairs)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+__all__ = [
+    "STAGE_LEARNING_RATE", "PAPER_DEFAULTS", "LLM_LORA_TARGETS", "paper_defaults", "bf16_available", "setup_stage",
+    "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotOptimizerMixin",
+    "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "RouterProbe",
+]
