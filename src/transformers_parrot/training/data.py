@@ -355,7 +355,86 @@ def drop_images(dataset):
     return dataset.map(strip)
 
 
+def _preference_features():
+    from datasets import Features, Image, List, Value
+
+    content = List({"type": Value("string"), "text": Value("string")})
+    messages = List({"role": Value("string"), "content": content})
+    return Features({"id": Value("string"), "prompt": messages, "chosen": messages, "rejected": messages,
+                     "images": List(Image())})
+
+
+def convert_preference_sample(example: dict, index: int, image_folder=None, source: str = "",
+                              check_images: bool = True) -> dict:
+    """One preference pair → {"id", "prompt": messages, "chosen": [assistant], "rejected": [assistant], "images"}.
+
+    `prompt` is a string (one user turn) or a message list ending with a user turn; `chosen`/`rejected` are
+    strings or one-assistant-message lists; images come from `images`/`image` (paths relative to `image_folder`,
+    or decoded images)."""
+    sample_id = str(example.get("id", index))
+    where = f"{source + ': ' if source else ''}sample {sample_id!r} (#{index})"
+    images = example.get("images")
+    if images is None and "image" in example:
+        images = [] if example["image"] in (None, "") else [example["image"]]
+    images = list(images or [])
+    for j, image in enumerate(images):
+        if image is None:
+            raise ParrotDataError(f"{where}: image {j} is missing")
+        if isinstance(image, dict) and image.get("bytes") is None:
+            image = image.get("path")
+        if isinstance(image, str):
+            if image_folder is not None and not os.path.isabs(image):
+                image = os.path.join(image_folder, image)
+            if check_images:
+                check_image(image, where)
+        images[j] = image
+    prompt = example.get("prompt")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        raise ParrotDataError(f"{where}: empty prompt")
+    # validate the prompt together with an answer, so the <image> count and roles are checked in one place
+    answers = {}
+    for key in ("chosen", "rejected"):
+        value = example.get(key)
+        if isinstance(value, str):
+            value = [{"role": "assistant", "content": value}]
+        if not isinstance(value, (list, tuple)) or len(value) != 1 or value[0].get("role") != "assistant":
+            raise ParrotDataError(f"{where}: {key!r} must be a string or one assistant message")
+        answers[key] = value
+    full = _normalize_messages(list(prompt) + answers["chosen"], len(images), where)
+    rejected = _normalize_messages(list(prompt) + answers["rejected"], len(images), where)
+    if full[-1]["role"] != "assistant" or full[-2]["role"] != "user":
+        raise ParrotDataError(f"{where}: the prompt must end with a user turn")
+    return {"id": sample_id, "prompt": full[:-1], "chosen": full[-1:], "rejected": rejected[-1:], "images": images}
+
+
+def normalize_preference(dataset, image_folder=None, on_error: str = "raise", check_images: bool = True,
+                         source: str = "", report: DataReport | None = None):
+    """An image-grounded preference dataset (prompt, chosen, rejected, images) → the canonical preference schema
+    TRL's DPO vision collator reads; bad pairs raise or are skipped and counted."""
+    from datasets import Dataset, Image, List
+
+    report = report if report is not None else DataReport()
+    for column in ("images", "image"):
+        if column in dataset.column_names:
+            feature = dataset.features[column]
+            if isinstance(feature, Image):
+                dataset = dataset.cast_column(column, Image(decode=False))
+            elif isinstance(getattr(feature, "feature", None), Image):
+                dataset = dataset.cast_column(column, List(Image(decode=False)))
+
+    def convert(example, index):
+        return convert_preference_sample(example, index, image_folder, source, check_images)
+
+    rows = list(_checked(((i, ex) for i, ex in enumerate(dataset)), convert, on_error, report))
+    out = Dataset.from_list(rows, features=_preference_features())
+    out.parrot_report = report
+    return out
+
+
 __all__ = [
     "ParrotDataError", "DataReport", "check_image", "convert_llava_sample", "load_llava_json",
-    "normalize_conversational", "load_source", "mix_datasets", "drop_images",
+    "normalize_conversational", "load_source", "mix_datasets", "drop_images", "convert_preference_sample",
+    "normalize_preference",
 ]

@@ -1,0 +1,377 @@
+"""Training recipes on TRL (issue 4): tiny model, offline, CPU.
+
+Every recipe runs a few optimizer steps through the real TRL trainer via the example scripts' entry points
+(`transformers_parrot.training.scripts`), with a `RouterProbe` inside the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+pytest.importorskip("datasets")
+
+from PIL import Image  # noqa: E402
+
+from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor  # noqa: E402
+from transformers_parrot.assets.build_tiny_tokenizer import write_tokenizer  # noqa: E402
+from transformers_parrot.tiny import TINY_VISION_CONFIG  # noqa: E402
+from transformers_parrot.training import (  # noqa: E402
+    DataReport,
+    ParrotDataError,
+    RouterProbe,
+    build_parrot_from_pretrained,
+    check_max_length,
+    load_llava_json,
+    merge_lora,
+    mix_datasets,
+)
+from transformers_parrot.training.scripts import dpo_main, sft_main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+COMMON = ["--bf16", "False", "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no",
+          "--logging_steps", "1", "--gradient_checkpointing", "False", "--per_device_train_batch_size", "2",
+          "--dataloader_num_workers", "0", "--seed", "0", "--disable_tqdm", "True"]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def _write_image(path: Path, seed: int, size=(24, 18)) -> str:
+    rng = np.random.RandomState(seed)
+    Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype("uint8")).save(path)
+    return path.name
+
+
+def _write_parts(root: Path, spare_rows: int = 8) -> tuple[Path, Path]:
+    """A tiny CLIP vision checkpoint and a tiny Qwen2 chat LLM whose tokenizer has no <image> (as Qwen's)."""
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
+
+    vision_dir, llm_dir = root / "clip", root / "qwen"
+    vision = {k: v for k, v in TINY_VISION_CONFIG.items() if k != "model_type"}
+    torch.manual_seed(1)
+    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(vision_dir)
+    write_tokenizer(llm_dir, with_image_token=False)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    config = Qwen2Config(vocab_size=len(tokenizer) + spare_rows, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **TINY_TEXT)
+    torch.manual_seed(2)
+    Qwen2ForCausalLM(config).save_pretrained(llm_dir)
+    return vision_dir, llm_dir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("training")
+    images = root / "images"
+    images.mkdir()
+    names = [_write_image(images / f"img{i}.png", i) for i in range(2)]
+    vision_dir, llm_dir = _write_parts(root)
+    # LLaVA JSON of the release: relative image paths, text-only entries without "image"
+    visual = [
+        {"id": "v0", "image": names[0], "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour dominates?"}, {"from": "gpt", "value": "Red and blue."}]},
+        {"id": "v1", "image": names[1], "conversations": [
+            {"from": "human", "value": "Describe it.\n<image>"}, {"from": "gpt", "value": "Noise in green."}]},
+    ]
+    text = [
+        {"id": "t0", "conversations": [{"from": "human", "value": "Say hello in Turkish."},
+                                       {"from": "gpt", "value": "Merhaba."}]},
+        {"id": "t1", "conversations": [{"from": "human", "value": "Count to three."},
+                                       {"from": "gpt", "value": "One, two, three."}]},
+    ]
+    (root / "visual.json").write_text(json.dumps(visual * 4))
+    (root / "text.json").write_text(json.dumps(text * 4))
+    (root / "mixed.json").write_text(json.dumps((visual + text) * 2))
+    prefs = [{"id": f"p{i}", "image": names[i % 2], "prompt": "<image>\nWhat is shown?",
+              "chosen": "A noisy picture.", "rejected": "A cat on a sofa."} for i in range(4)]
+    (root / "prefs.jsonl").write_text("\n".join(json.dumps(p) for p in prefs))
+    # a stage-1 checkpoint assembled from the parts: the starting point of stage 2, MLAN and DPO
+    model, processor = build_parrot_from_pretrained(vision_dir, llm_dir, num_experts=4, moe_intermediate_size=32)
+    with torch.no_grad():  # a visible router, as in tiny_model
+        model.model.moe.gate.weight.normal_(0.0, 1.0)
+    model.save_pretrained(root / "parrot")
+    processor.save_pretrained(root / "parrot")
+    return root
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _load_state(workdir):
+    return _state(ParrotForConditionalGeneration.from_pretrained(workdir / "parrot"))
+
+
+def _losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def _run(main, argv, **kwargs):
+    probes = []
+
+    def attach(trainer):
+        probes.append(RouterProbe(trainer.model))
+
+    trainer = main(argv, before_train=attach, **kwargs)
+    probes[0].remove()
+    return trainer, probes[0]
+
+
+def _assert_frozen_and_trained(before, after, frozen_prefixes, trained_prefixes):
+    for name, value in before.items():
+        if name.startswith(frozen_prefixes):
+            assert torch.equal(value, after[name]), f"{name} changed but must stay frozen"
+    for prefix in trained_prefixes:
+        changed = [n for n in before if n.startswith(prefix) and not torch.equal(before[n], after[n])]
+        assert changed, f"no parameter under {prefix} changed"
+
+
+# ---------------------------------------------------------------------------------------------- builder
+def test_build_from_pretrained_parts(tmp_path):
+    vision_dir, llm_dir = _write_parts(tmp_path, spare_rows=8)
+    model, processor = build_parrot_from_pretrained(vision_dir, llm_dir)
+    from transformers import AutoModelForCausalLM
+
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir)
+    assert processor.image_token_id == len(processor.tokenizer) - 1
+    assert model.config.use_moe is False  # ready for stage 1
+    assert model.get_input_embeddings().weight.shape[0] == llm.get_input_embeddings().weight.shape[0]  # spare row
+    assert torch.equal(model.lm_head.weight, llm.lm_head.weight)
+    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    assert model.config.image_seq_length == processor.image_seq_length == 10
+    out = model(**processor(images=[Image.new("RGB", (9, 7))], text="<image>\nhi", return_tensors="pt"))
+    assert torch.isfinite(out.logits).all()
+    # no spare row: the embeddings grow by the new token only
+    vision_dir2, llm_dir2 = _write_parts(tmp_path / "exact", spare_rows=0)
+    model2, processor2 = build_parrot_from_pretrained(vision_dir2, llm_dir2)
+    assert model2.get_input_embeddings().weight.shape[0] == len(processor2.tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+def test_stage1(workdir, tmp_path):
+    before = _load_state(workdir)
+    argv = ["--stage", "1", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "6", *COMMON]
+    trainer = sft_main(argv)
+    losses = _losses(trainer)
+    assert losses[-1] < losses[0]
+    assert trainer.model.config.use_moe is False
+    after = _state(trainer.model)
+    _assert_frozen_and_trained(before, after, ("model.vision_tower.", "model.moe.", "model.language_model.",
+                                               "lm_head."), ("model.multi_modal_projector.",))
+    assert trainer.args.learning_rate == 1e-3 and trainer.args.lr_scheduler_type == "cosine"
+
+
+def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
+    before = _load_state(workdir)
+    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "1e-3", "--multimodal_lr", "5e-3", *COMMON]
+    trainer, probe = _run(sft_main, argv)
+    losses = _losses(trainer)
+    assert losses[-1] < losses[0]
+    after = _state(trainer.model)
+    _assert_frozen_and_trained(before, after, ("model.vision_tower.",),
+                               ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head."))
+    lrs = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
+    assert lrs == [1e-3, 5e-3]
+    assert probe.pairs and probe.max_abs_diff() < 1e-5
+
+
+def test_stage2_lora_merge(workdir, tmp_path):
+    before = _load_state(workdir)
+    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "5e-3", "--use_peft", "--lora_r", "4",
+            "--lora_alpha", "8", "--lora_dropout", "0.0", *COMMON]
+    trainer, probe = _run(sft_main, argv)
+    losses = _losses(trainer)
+    assert losses[-1] < losses[0]
+    assert probe.pairs and probe.max_abs_diff() < 1e-5
+    peft_model = trainer.model
+    processor = ParrotProcessor.from_pretrained(workdir / "parrot")
+    batch = processor.apply_chat_template(
+        [[{"role": "user", "content": [{"type": "image", "image": Image.open(workdir / "images/img0.png")},
+                                       {"type": "text", "text": "What colour?"}]}]],
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    peft_model.eval()
+    with torch.no_grad():
+        unmerged = peft_model(**batch).logits
+    # the plain checkpoint the script saved loads like any other and gives the same logits
+    merged = ParrotForConditionalGeneration.from_pretrained(tmp_path / "out" / "merged").eval()
+    with torch.no_grad():
+        merged_logits = merged(**batch).logits
+    torch.testing.assert_close(merged_logits, unmerged, atol=1e-5, rtol=1e-5)
+    after = _state(merged)
+    assert set(after) == set(before)  # no LoRA/PEFT leftovers in the merged checkpoint
+    _assert_frozen_and_trained(before, after, ("model.vision_tower.",),
+                               ("model.multi_modal_projector.", "model.moe.", "model.language_model.layers."))
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):  # not LoRA targets
+        assert torch.equal(before[name], after[name])
+    assert not any(isinstance(m, torch.nn.Module) and "lora" in type(m).__name__.lower()
+                   for m in merge_lora(peft_model).modules())
+
+
+@pytest.mark.parametrize("visual_ratio", [0.0, 0.5])
+def test_mlan(workdir, tmp_path, visual_ratio):
+    before = _load_state(workdir)
+    argv = ["--model_name_or_path", str(workdir / "parrot"), "--text_datasets", str(workdir / "text.json"),
+            "--visual_datasets", str(workdir / "visual.json"), "--visual_ratio", str(visual_ratio),
+            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "6", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4", *COMMON]
+    trainer, probe = _run(sft_main, argv, mlan=True)
+    losses = _losses(trainer)
+    assert losses[-1] < losses[0]
+    after = _state(trainer.model)
+    _assert_frozen_and_trained(before, after, ("model.vision_tower.",), ("model.language_model.", "lm_head."))
+    if visual_ratio:
+        assert probe.pairs and probe.max_abs_diff() < 1e-5  # mixed batches routed like generation
+    else:
+        assert not probe.pairs  # text only: the MoE never ran
+        for prefix in ("model.moe.", "model.multi_modal_projector."):
+            assert all(torch.equal(before[n], after[n]) for n in before if n.startswith(prefix))
+
+
+def test_mixed_batch_collation(workdir):
+    """TRL's vision collator on a batch where some rows have no image."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    processor = ParrotProcessor.from_pretrained(workdir / "parrot")
+    dataset = load_llava_json(workdir / "mixed.json", workdir / "images")
+    collator = DataCollatorForVisionLanguageModeling(processor, max_length=2048, assistant_only_loss=True)
+    batch = collator([dataset[i] for i in range(4)])
+    assert batch["pixel_values"].shape[0] == 2
+    image_rows = (batch["input_ids"] == processor.image_token_id).any(-1).tolist()
+    assert image_rows == [True, True, False, False]
+    # loss only on answers: every labelled token lies after an assistant header
+    for row in range(4):
+        text = processor.decode(batch["input_ids"][row][batch["labels"][row] != -100])
+        assert text.endswith("<|im_end|>") and "user" not in text and "<image>" not in text
+
+
+@pytest.mark.parametrize("use_peft", [False, True])
+def test_dpo(workdir, tmp_path, use_peft):
+    before = _load_state(workdir)
+    argv = ["--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "prefs.jsonl"),
+            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "4",
+            "--learning_rate", "5e-3", "--beta", "0.5", *COMMON]
+    if use_peft:
+        argv += ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
+    trainer, probe = _run(dpo_main, argv)
+    losses = _losses(trainer)
+    assert losses[-1] < losses[0]
+    assert probe.pairs and probe.max_abs_diff() < 1e-5
+    model = merge_lora(trainer.model) if use_peft else trainer.model
+    after = _state(model)
+    _assert_frozen_and_trained(before, after, ("model.vision_tower.",), ("model.language_model.layers.",))
+    if not use_peft:  # the explicit reference model stays the starting point
+        ref = _state(trainer.ref_model)
+        assert all(torch.equal(before[n], ref[n]) for n in before)
+
+
+def test_resume_from_checkpoint(workdir, tmp_path):
+    base = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--max_steps", "4",
+            "--learning_rate", "1e-3", *COMMON]
+    base[base.index("--save_strategy") + 1] = "steps"
+    full = sft_main(base + ["--output_dir", str(tmp_path / "full"), "--save_steps", "2"])
+    assert (tmp_path / "full" / "checkpoint-2").is_dir()
+    resumed = sft_main(base + ["--output_dir", str(tmp_path / "resumed"), "--save_steps", "2",
+                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")])
+    steps = [e["step"] for e in resumed.state.log_history if "loss" in e]
+    assert steps == [3, 4]  # continued where it stopped
+    full_state, resumed_state = _state(full.model), _state(resumed.model)
+    for name in full_state:
+        torch.testing.assert_close(resumed_state[name], full_state[name], atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _llava(tmp_path, entries):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"id": "missing", "image": "nope.png", "conversations": GOOD["conversations"]}, "image file not found: .*nope.png"),
+    ({"id": "broken", "image": "broken.png", "conversations": GOOD["conversations"]}, "unreadable image .*broken.png"),
+    ({"id": "role", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
+     "unknown \"from\" role 'robot'"),
+    ({"id": "empty", "conversations": []}, "empty conversation"),
+    ({"id": "count", "image": "ok.png", "conversations": [{"from": "human", "value": "<image>\n<image>\nx"},
+                                                           {"from": "gpt", "value": "y"}]}, "2 <image> tag"),
+    ({"id": "notag", "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
+     "1 <image> tag.*0 image"),
+])
+def test_bad_data_raise_and_skip(tmp_path, bad, message):
+    _write_image(tmp_path / "ok.png", 0)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    path = _llava(tmp_path, [GOOD, bad, GOOD])
+    with pytest.raises(ParrotDataError, match=rf"sample '{bad['id']}' \(#1\).*{message}"):
+        load_llava_json(path, tmp_path)
+    report = DataReport()
+    dataset = load_llava_json(path, tmp_path, on_error="skip", report=report)
+    assert len(dataset) == 2 and report.num_skipped == 1 and report.read == 3
+    assert bad["id"] in report.examples[0]
+    streamed = list(load_llava_json(path, tmp_path, on_error="skip", streaming=True))
+    assert len(streamed) == 2
+
+
+def test_llava_conversion_and_mixing(workdir):
+    dataset = load_llava_json(workdir / "mixed.json", workdir / "images")
+    row = dataset[1]  # "Describe it.\n<image>": image first, tag and newline removed from the text
+    assert row["messages"][0]["content"][0]["type"] == "image"
+    assert row["messages"][0]["content"][1]["text"] == "Describe it."
+    assert isinstance(row["images"][0], Image.Image)
+    assert dataset[2]["images"] == []
+    text = load_llava_json(workdir / "text.json")
+    visual = load_llava_json(workdir / "visual.json", workdir / "images")
+    mixed = mix_datasets([text, visual], [0.75, 0.25], seed=0, stopping_strategy="first_exhausted")
+    ids = [r["id"] for r in mixed]
+    assert sum(i.startswith("t") for i in ids) > sum(i.startswith("v") for i in ids)
+    streamed = mix_datasets([text.to_iterable_dataset(), visual.to_iterable_dataset()], [0.5, 0.5], seed=0)
+    assert len(list(streamed)) >= 16
+
+
+def test_max_length_never_cuts_images():
+    check_max_length(None, 577)
+    check_max_length(2048, 577, max_images=2)
+    with pytest.raises(ValueError, match="max_length=1024 cannot hold 2 image"):
+        check_max_length(1024, 577, max_images=2)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def test_two_process_ddp(workdir, tmp_path):
+    out = tmp_path / "ddp"
+    worker = REPO / "modeling_tests" / "ddp_sft_worker.py"
+    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir", str(out),
+            "--max_steps", "3", "--learning_rate", "1e-3", *COMMON]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               str(worker), *argv]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["global_step"] == 3
+    before = _load_state(workdir)
+    changed = False
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
+        changed |= not torch.equal(value, before[name])
+    assert changed
