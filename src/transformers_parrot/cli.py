@@ -10,3 +10,10 @@ def eval_main() -> None:
     from .evaluation.cli import main
 
     sys.exit(main())
+
+
+def convert_main() -> None:
+    """``parrot-convert``: see ``transformers_parrot.conversion``."""
+    from .conversion import main
+
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Model cards for Parrot checkpoints: converted releases and models trained with this package's recipes.
+
+    from transformers_parrot.modelcard import write_model_card
+    write_model_card("out/", config=model.config, model_name="my-parrot", repo_id="me/my-parrot",
+                     base_models=["Qwen/Qwen1.5-7B-Chat", "openai/clip-vit-large-patch14-336"],
+                     license="apache-2.0", results="eval/results.json", training="Stage 2 on ...")
+
+Card metadata is written with huggingface_hub's ``ModelCardData`` (languages, pipeline tag, library, base models,
+license and, given evaluation results, a ``model-index``), so the card parses back with ``ModelCard.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+LANGUAGES = ["en", "zh", "pt", "ar", "tr", "ru"]
+BENCHMARK_NAMES = {"mmmb": "MMMB", "mmbench": "Multilingual MMBench"}
+HUB_DATASET = "AIDC-AI/Parrot-dataset"
+# results.json uses the benchmarks' file codes ("cn" for Chinese); the card uses ISO codes.
+LANGUAGE_CODES = {"cn": "zh"}
+PAPER = "https://arxiv.org/abs/2406.02539"
+
+
+def eval_results_from(results: str | os.PathLike | Mapping | None, model_name: str) -> list[EvalResult]:
+    """EvalResults from the evaluator's ``results.json`` ({benchmark: {language: {"overall": acc, ...}}}) or its
+    ``model_index.json`` fragment ({"model-index": [...]}), given as a path or an already-parsed mapping."""
+    if results is None:
+        return []
+    if not isinstance(results, Mapping):
+        results = json.loads(Path(results).read_text(encoding="utf-8"))
+    if "model-index" in results:
+        from huggingface_hub.repocard_data import model_index_to_eval_results
+
+        _, evals = model_index_to_eval_results(results["model-index"])
+        return list(evals)
+    evals = []
+    for benchmark, per_language in results.items():
+        if not isinstance(per_language, Mapping):
+            raise ValueError(f"results[{benchmark!r}] must map languages to scores, got {type(per_language).__name__}")
+        name = BENCHMARK_NAMES.get(benchmark.lower(), benchmark)
+        builtin = benchmark.lower() in BENCHMARK_NAMES
+        for language, score in per_language.items():
+            value = score.get("overall") if isinstance(score, Mapping) else score
+            if value is None:
+                raise ValueError(f"results[{benchmark!r}][{language!r}] has no 'overall' accuracy")
+            circular = isinstance(score, Mapping) and bool(score.get("circular"))
+            evals.append(EvalResult(
+                task_type="visual-question-answering",
+                task_name="Multilingual multiple-choice VQA",
+                dataset_type=HUB_DATASET if builtin else benchmark,
+                dataset_name=f"{name} ({LANGUAGE_CODES.get(language, language)})",
+                dataset_config=benchmark if builtin else None,
+                dataset_split=language if builtin else None,
+                metric_type="accuracy",
+                metric_name="Accuracy (circular)" if circular else "Accuracy",
+                metric_value=round(float(value), 2),
+            ))
+    return evals
+
+
+def _describe(config: Any) -> list[str]:
+    if config is None:
+        return []
+    text, vision = config.text_config, config.vision_config
+    moe = (f"{config.num_experts} SwiGLU experts (intermediate size {config.moe_intermediate_size}), "
+           f"{'dense mixture' if config.moe_top_k is None else f'top-{config.moe_top_k}'}, residual weight "
+           f"{config.moe_residual_weight}" if config.use_moe else "bypassed (use_moe=False)")
+    return [
+        "| part | setting |",
+        "|---|---|",
+        f"| vision tower | CLIP ViT, {vision.num_hidden_layers} layers, hidden {vision.hidden_size}, "
+        f"{vision.image_size} px / patch {vision.patch_size} |",
+        f"| visual tokens | {config.image_seq_length} per image (layer {config.vision_feature_layer}, "
+        f"{'CLS kept' if config.vision_feature_select_strategy == 'full' else 'CLS dropped'}) |",
+        f"| projector | Linear → {config.projector_hidden_act.upper()} → Linear |",
+        f"| multilingual MoE | {moe} |",
+        f"| LLM | Qwen2 architecture, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+        f"vocabulary {text.vocab_size} |",
+    ]
+
+
+def usage_snippets(repo_id: str, trust_remote_code: bool = True) -> str:
+    trc = ", trust_remote_code=True" if trust_remote_code else ""
+    return f"""\
+Install `transformers` (5.x, or 4.57). With `pip install transformers-parrot` the classes are also available
+natively (`import transformers_parrot`) and `trust_remote_code` is not needed.
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("{repo_id}", dtype=torch.bfloat16{trc}).eval()
+processor = AutoProcessor.from_pretrained("{repo_id}"{trc})
+
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "图片里有什么？"}}]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=[Image.open("photo.jpg")], text=prompt, return_tensors="pt").to(model.device)
+inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+output = model.generate(**inputs, max_new_tokens=128, do_sample=False)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+transformers 4.57 (`AutoModelForVision2Seq` is the 4.x name of the same Auto class):
+
+```python
+from transformers import AutoModelForVision2Seq, AutoProcessor
+
+model = AutoModelForVision2Seq.from_pretrained("{repo_id}", torch_dtype="bfloat16"{trc}).eval()
+processor = AutoProcessor.from_pretrained("{repo_id}"{trc})
+```
+
+Pipeline:
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("image-text-to-text", model="{repo_id}"{trc})
+messages = [{{"role": "user", "content": [{{"type": "image", "image": "photo.jpg"}},
+                                          {{"type": "text", "text": "O que há na imagem?"}}]}}]
+print(pipe(text=messages, max_new_tokens=64, return_full_text=False)[0]["generated_text"])
+```
+"""
+
+
+def build_model_card(
+    config: Any = None,
+    *,
+    model: Any = None,
+    model_name: str = "Parrot",
+    repo_id: str | None = None,
+    license: str | None = None,
+    base_models: Iterable[str] | None = None,
+    languages: Iterable[str] = LANGUAGES,
+    results: str | os.PathLike | Mapping | None = None,
+    converted_from: str | None = None,
+    training: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] | None = None,
+) -> ModelCard:
+    """A ModelCard for a Parrot model.
+
+    Args:
+        config / model: the ParrotConfig (or the model, whose config is used) described in the card.
+        model_name: name in the title and the model-index.
+        repo_id: Hub id used in the usage snippets (default: ``model_name``).
+        license: license identifier (carried from the original checkpoint when converting); "other" when unknown.
+        base_models: the LLM and vision tower the model is built on.
+        results: evaluation ``results.json`` / ``model_index.json`` (path or mapping) → ``model-index``.
+        converted_from: original checkpoint this was converted from (conversion cards).
+        training: free text on how the model was trained (recipe cards).
+    """
+    if config is None and model is not None:
+        config = model.config
+    repo_id = repo_id or model_name
+    evals = eval_results_from(results, model_name)
+    base = [b for b in (base_models or []) if b]
+    data = ModelCardData(
+        language=list(languages),
+        license=license or "other",
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        base_model=base or None,
+        tags=list(tags or []) + ["parrot", "multilingual", "vision-language", "mixture-of-experts",
+                                 "image-text-to-text", "custom_code"],
+        model_name=model_name if evals else None,
+        eval_results=evals or None,
+    )
+    lines = [f"# {model_name}", ""]
+    lines.append(description or (
+        "Parrot is a multilingual LLaVA-style vision-language model: CLIP vision features go through a projector "
+        "and a text-guided mixture of language experts, which turns English-biased visual tokens into "
+        f"language-specific ones, before the Qwen LLM ([Parrot, arXiv 2406.02539]({PAPER}))."
+    ))
+    lines.append("")
+    if converted_from:
+        lines += [f"Converted from the original checkpoint [`{converted_from}`](https://huggingface.co/{converted_from}) "
+                  "to the transformers-native format of `transformers-parrot` (`parrot-convert`); weights are "
+                  "unchanged apart from dtype, the MoE experts are stored stacked, and an `<image>` token was added "
+                  "to the tokenizer. The conversion was checked against the original computation (routing weights, "
+                  "image features after the MoE and last-token logits).", ""]
+    if training:
+        lines += ["## Training", "", training, ""]
+    if config is not None:
+        lines += ["## Architecture", "", *_describe(config), ""]
+    lines += ["## Usage", "", usage_snippets(repo_id), ""]
+    lines += ["Prompts use ChatML with the default system prompt \"You are a helpful assistant.\"; the image goes "
+              "before the user's text. Generation stops at `<|im_end|>`.", ""]
+    if evals:
+        lines += ["## Evaluation", "", "| benchmark | split | accuracy |", "|---|---|---|"]
+        lines += [f"| {e.dataset_name} | {e.dataset_split or ''} | {e.metric_value:.2f} |" for e in evals]
+        lines.append("")
+    lines += ["## Citation", "", "```bibtex", "@article{sun2024parrot,",
+              "  title={Parrot: Multilingual Visual Instruction Tuning},",
+              "  author={Sun, Hai-Long and Zhou, Da-Wei and Li, Yang and Lu, Shiyin and Yi, Chao and Chen, Qing-Guo "
+              "and Xu, Zhao and Luo, Weihua and Zhang, Kaifu and Zhan, De-Chuan and Ye, Han-Jia},",
+              "  journal={arXiv preprint arXiv:2406.02539},", "  year={2024}", "}", "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Build the card (see `build_model_card`) and save it as ``README.md`` in ``output_dir``."""
+    path = Path(output_dir) / "README.md"
+    build_model_card(**kwargs).save(str(path))
+    return path
+
+
+__all__ = ["build_model_card", "write_model_card", "eval_results_from", "usage_snippets", "LANGUAGES"]
