@@ -474,6 +474,7 @@ def _tiny_parrot():
     return tiny_model(seed=0)
 
 
+@pytest.mark.compat
 def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
     model, processor = _tiny_parrot()
     kw = dict(benchmark="mmmb", languages="en,ar", data_dir=data_dir, batch_size=3, max_new_tokens=4,

@@ -1,0 +1,73 @@
+"""Quickstart: answer one image in six languages through `pipeline("image-text-to-text")` and show how Parrot's
+MoE routes each language.
+
+    python examples/quickstart.py                       # a tiny random Parrot, built offline in seconds
+    python examples/quickstart.py --model PATH_OR_ID    # a real (converted) checkpoint, e.g. your Parrot-7B repo
+
+The tiny model is untrained: its answers are noise, the point is the whole path (processor, chat template,
+routing, generation) running end to end. See `parrot-demo` for a small model trained to answer correctly.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+from transformers_parrot.assets import bundled_image
+from transformers_parrot.routing import format_routing, routing_weights
+from transformers_parrot.tiny import tiny_model
+
+QUESTIONS = {
+    "en": "What shapes are in the picture?",
+    "zh": "图片里有哪些形状？",
+    "pt": "Quais formas estão na imagem?",
+    "ar": "ما الأشكال الموجودة في الصورة؟",
+    "tr": "Resimde hangi şekiller var?",
+    "ru": "Какие фигуры на картинке?",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="path or Hub id of a Parrot checkpoint (default: a tiny offline model)")
+    parser.add_argument("--image", help="image file to ask about (default: a bundled drawing)")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args()
+
+    if args.model:
+        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            args.model, dtype=dtype, trust_remote_code=args.trust_remote_code,
+            device_map="auto" if torch.cuda.is_available() else None,
+        ).eval()
+    else:
+        model, processor = tiny_model(seed=0)
+        print("Built a tiny random Parrot offline (answers are noise; the routing and the pipeline are real).\n")
+
+    if args.image:
+        from PIL import Image
+
+        image = Image.open(args.image)
+    else:
+        image = bundled_image()
+
+    answer = pipeline("image-text-to-text", model=model, processor=processor)
+    for lang, question in QUESTIONS.items():
+        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+        reply = answer(text=messages, max_new_tokens=args.max_new_tokens, generate_kwargs={"do_sample": False})
+        text = reply[0]["generated_text"]
+        text = text[-1]["content"] if isinstance(text, list) else text
+        print(f"[{lang}] {question}\n     → {text.strip()!r}")
+
+    print("\nRouting weights of the multilingual MoE (softmax over experts, per language):")
+    weights = routing_weights(model, processor, [image] * len(QUESTIONS), list(QUESTIONS.values()))
+    print(format_routing(weights, list(QUESTIONS)))
+
+
+if __name__ == "__main__":
+    main()
