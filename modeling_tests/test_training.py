@@ -287,10 +287,21 @@ def test_resume_from_checkpoint(workdir, tmp_path):
     base[base.index("--save_strategy") + 1] = "steps"
     full = sft_main(base + ["--output_dir", str(tmp_path / "full"), "--save_steps", "2"])
     assert (tmp_path / "full" / "checkpoint-2").is_dir()
+    from transformers import TrainerCallback
+
+    executed = []
+
+    class Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            executed.append(state.global_step)
+
     resumed = sft_main(base + ["--output_dir", str(tmp_path / "resumed"), "--save_steps", "2",
-                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")])
-    steps = [e["step"] for e in resumed.state.log_history if "loss" in e]
-    assert steps == [3, 4]  # continued where it stopped
+                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")],
+                       before_train=lambda trainer: trainer.add_callback(Steps()))
+    assert executed == [3, 4]  # continued where it stopped
+    full_losses = {e["step"]: e["loss"] for e in full.state.log_history if "loss" in e}
+    resumed_losses = {e["step"]: e["loss"] for e in resumed.state.log_history if "loss" in e}
+    assert resumed_losses == pytest.approx(full_losses)
     full_state, resumed_state = _state(full.model), _state(resumed.model)
     for name in full_state:
         torch.testing.assert_close(resumed_state[name], full_state[name], atol=1e-6, rtol=1e-5)
