@@ -159,8 +159,10 @@ def test_build_from_pretrained_parts(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- recipes
 def test_stage1(workdir, tmp_path):
-    before = _load_state(workdir)
-    argv = ["--stage", "1", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+    """Stage 1 straight from the parts (--vision_model + --llm_model), as a user starts."""
+    before = _state(build_parrot_from_pretrained(workdir / "clip", workdir / "qwen")[0])
+    argv = ["--stage", "1", "--vision_model", str(workdir / "clip"), "--llm_model", str(workdir / "qwen"),
+            "--datasets",
             str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
             str(tmp_path / "out"), "--max_steps", "6", *COMMON]
     trainer = sft_main(argv)
@@ -386,3 +388,38 @@ def test_two_process_ddp(workdir, tmp_path):
         assert torch.equal(value, rank1["state"][name]), name
         changed |= not torch.equal(value, before[name])
     assert changed
+
+
+def test_router_probe_catches_answer_leak(workdir, monkeypatch):
+    """Negative control: a model whose router also sees the answer is caught by the probe."""
+    from transformers_parrot.modeling_parrot import ParrotModel
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot")
+    model.config.use_moe = True
+    processor = ParrotProcessor.from_pretrained(workdir / "parrot")
+    collator = DataCollatorForVisionLanguageModeling(processor, max_length=None, assistant_only_loss=True)
+    batch = collator([load_llava_json(workdir / "visual.json", workdir / "images")[0]])
+    probe = RouterProbe(model)
+    model(**batch)
+    assert probe.max_abs_diff() < 1e-6
+    leaky = lambda self, input_ids, embeds, attention_mask, image_mask: ~image_mask  # noqa: E731
+    monkeypatch.setattr(ParrotModel, "get_guidance_mask", leaky)
+    probe.pairs.clear()
+    model(**batch)
+    assert probe.max_abs_diff() > 1e-3
+    probe.remove()
+
+
+def test_accelerate_configs():
+    import yaml
+
+    from transformers_parrot.modeling_parrot import ParrotPreTrainedModel
+
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "examples" / "accelerate").glob("*.yaml")}
+    assert set(configs) >= {"ddp", "zero2", "zero3", "fsdp2"}
+    assert configs["zero2"]["deepspeed_config"]["zero_stage"] == 2
+    assert configs["zero3"]["deepspeed_config"]["zero_stage"] == 3
+    fsdp = configs["fsdp2"]["fsdp_config"]
+    assert fsdp["fsdp_version"] == 2
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == ParrotPreTrainedModel._no_split_modules
