@@ -1,0 +1,491 @@
+"""Conversion of original-format Parrot checkpoints (issue 3): a tiny checkpoint in the exact original layout is
+written here (random weights, original-style tokenizer without <image>) and converted, loaded and verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformers_parrot import conversion
+from transformers_parrot.assets.build_tiny_tokenizer import write_tokenizer
+
+HIDDEN, LAYERS, HEADS, KV_HEADS, INTER = 32, 2, 4, 2, 64
+V_HIDDEN, V_LAYERS, V_INTER, IMAGE_SIZE, PATCH = 24, 3, 48, 30, 10
+NUM_EXPERTS, MOE_INTER = 3, 40
+
+
+@pytest.fixture(scope="session")
+def original_tokenizer(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("orig_tok")
+    write_tokenizer(folder, with_image_token=False)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return folder
+
+
+def _clip_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=V_HIDDEN, intermediate_size=V_INTER, num_hidden_layers=V_LAYERS,
+                            num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=16)
+
+
+def _clip_preprocessor() -> dict:
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": IMAGE_SIZE},
+            "resample": 3, "do_center_crop": True, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "do_convert_rgb": True}
+
+
+def _clip_vision_state(seed: int) -> dict[str, torch.Tensor]:
+    """`vision_model.*` weights of a random tiny CLIPVisionModel (the names a 4.x CLIPVisionModel saves)."""
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(_clip_config())
+    state = model.state_dict()
+    for value in state.values():  # visible weights (default init leaves biases at zero)
+        if value.is_floating_point():
+            value.add_(torch.randn_like(value) * 0.05)
+    return {(k if k.startswith("vision_model.") else "vision_model." + k): v.clone() for k, v in state.items()}
+
+
+def write_clip_folder(folder: Path, seed: int = 1, full_clip: bool = True) -> Path:
+    """A CLIP checkpoint folder like openai/clip-vit-large-patch14-336: a full CLIPModel config.json, a
+    preprocessor_config.json and (full_clip) text-tower tensors next to the vision ones."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vision = _clip_config().to_dict()
+    vision.pop("model_type", None)
+    config = {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 16,
+              "vision_config": vision, "text_config": {"hidden_size": 16}} if full_clip else \
+        {**_clip_config().to_dict(), "model_type": "clip_vision_model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(_clip_preprocessor()))
+    state = _clip_vision_state(seed)
+    if full_clip:
+        state["text_model.embeddings.token_embedding.weight"] = torch.randn(10, 16)
+        state["visual_projection.weight"] = torch.randn(16, V_HIDDEN)
+        state["logit_scale"] = torch.tensor(2.6592)
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def original_state(vocab_rows: int, seed: int = 0, with_vision: bool = True) -> dict[str, torch.Tensor]:
+    """Random weights under the exact original key names."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    llm = Qwen2ForCausalLM(Qwen2Config(**_qwen_fields(vocab_rows)))
+    state = {k: v.clone() for k, v in llm.state_dict().items()}
+    for value in state.values():
+        value.add_(torch.randn_like(value) * 0.02)
+    g = torch.Generator().manual_seed(seed + 1)
+    state["model.mm_projector.0.weight"] = torch.randn(HIDDEN, V_HIDDEN, generator=g) * 0.2
+    state["model.mm_projector.0.bias"] = torch.randn(HIDDEN, generator=g) * 0.1
+    state["model.mm_projector.2.weight"] = torch.randn(HIDDEN, HIDDEN, generator=g) * 0.2
+    state["model.mm_projector.2.bias"] = torch.randn(HIDDEN, generator=g) * 0.1
+    state["model.moe_model.gate.weight"] = torch.randn(NUM_EXPERTS, HIDDEN, generator=g) * 40.0
+    for e in range(NUM_EXPERTS):
+        state[f"model.moe_model.experts.{e}.gate_proj.weight"] = torch.randn(MOE_INTER, HIDDEN, generator=g) * 0.2
+        state[f"model.moe_model.experts.{e}.up_proj.weight"] = torch.randn(MOE_INTER, HIDDEN, generator=g) * 0.2
+        state[f"model.moe_model.experts.{e}.down_proj.weight"] = torch.randn(HIDDEN, MOE_INTER, generator=g) * 0.2
+    if with_vision:
+        for k, v in _clip_vision_state(seed + 2).items():
+            state["model.vision_tower.vision_tower." + k] = v
+    return state
+
+
+def _qwen_fields(vocab_rows: int) -> dict:
+    return dict(vocab_size=vocab_rows, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
+                rms_norm_eps=1e-6, rope_theta=50000.0, tie_word_embeddings=False, hidden_act="silu",
+                bos_token_id=None, eos_token_id=None, use_sliding_window=False, sliding_window=None,
+                max_window_layers=LAYERS, attention_dropout=0.0, initializer_range=0.02)
+
+
+def original_config(vocab_rows: int, vision_tower: str, **overrides) -> dict:
+    config = {
+        "_name_or_path": "/playground/checkpoints/Parrot_S2_tiny",
+        "architectures": ["ParrotQwen2ForCausalLM"],
+        "model_type": "parrot_qwen2",
+        **_qwen_fields(vocab_rows),
+        "torch_dtype": "float32",
+        "transformers_version": "4.37.2",
+        "use_cache": True,
+        "mm_vision_tower": vision_tower,
+        "mm_hidden_size": V_HIDDEN,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "cls_patch",
+        "mm_patch_merge_type": "flat",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "image_aspect_ratio": "pad",
+        "num_experts": NUM_EXPERTS,
+        "moe_hidden_size": HIDDEN,
+        "moe_intermediate_size": MOE_INTER,
+        "moe_top_k": NUM_EXPERTS,
+        "moe_weight": 0.25,
+        "use_moe": True,
+        "use_moe_residual": True,
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
+        "tune_mm_mlp_adapter": False,
+        "freeze_mm_mlp_adapter": False,
+        "mm_projector_lr": None,
+        "use_mm_proj": True,
+    }
+    config.update(overrides)
+    return config
+
+
+def write_original(folder: Path, tokenizer_dir: Path, clip_dir: Path, *, fmt: str = "safetensors",
+                   shards: int = 1, with_vision: bool = True, spare_rows: int = 8, seed: int = 0,
+                   state_hook=None, **config_overrides) -> Path:
+    """An original-format Parrot checkpoint: config.json, tokenizer files, weights (safetensors or .bin, single
+    file or `shards` files with an index), README with a license."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    n_tokens = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 3
+    rows = n_tokens + spare_rows
+    state = original_state(rows, seed=seed, with_vision=with_vision)
+    if state_hook:
+        state_hook(state)
+    (folder / "config.json").write_text(json.dumps(original_config(rows, str(clip_dir), **config_overrides)))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny original Parrot\n")
+    keys = sorted(state)
+    chunks = [keys[i::shards] for i in range(shards)]
+    ext = "safetensors" if fmt == "safetensors" else "bin"
+    stem = "model" if fmt == "safetensors" else "pytorch_model"
+    weight_map = {}
+    for i, chunk in enumerate(chunks, start=1):
+        name = f"{stem}.{ext}" if shards == 1 else f"{stem}-{i:05d}-of-{shards:05d}.{ext}"
+        part = {k: state[k].contiguous() for k in chunk}
+        if fmt == "safetensors":
+            save_file(part, str(folder / name), metadata={"format": "pt"})
+        else:
+            torch.save(part, folder / name)
+        weight_map.update({k: name for k in chunk})
+    if shards > 1:
+        index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+        (folder / f"{stem}.{ext}.index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> Path:
+    return write_clip_folder(tmp_path_factory.mktemp("clip") / "clip-tiny")
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, original_tokenizer, clip_dir):
+    """One original checkpoint (safetensors, 2 shards, vision inside) converted once; shared by several tests."""
+    root = tmp_path_factory.mktemp("conv")
+    original = write_original(root / "orig", original_tokenizer, clip_dir, shards=2)
+    result = conversion.convert(original, root / "hf", max_shard_size="40KB")
+    return original, result
+
+
+def _n_original_tokens(tokenizer_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+
+
+def _load_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ main conversion
+def test_converted_folder_layout_and_config(converted, original_tokenizer):
+    original, result = converted
+    out = result.output
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(result.shards) > 1 and set(index["weight_map"].values()) == set(result.shards)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "parrot"
+    assert config["moe_residual_weight"] == 0.25 and config["use_moe"] is True and config["moe_top_k"] is None
+    assert config["vision_feature_layer"] == -2 and config["vision_feature_select_strategy"] == "full"
+    assert config["image_seq_length"] == (IMAGE_SIZE // PATCH) ** 2 + 1
+    assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_parrot.ParrotForConditionalGeneration"
+    for name in ("modeling_parrot.py", "configuration_parrot.py", "processing_parrot.py", "README.md"):
+        assert (out / name).is_file(), name
+    # <image> takes the first spare embedding row: vocabulary unchanged, every row copied as is
+    n_tokens = _n_original_tokens(original_tokenizer)
+    assert result.image_token_id == n_tokens and not result.resized_vocab
+    assert config["text_config"]["vocab_size"] == n_tokens + 8
+    assert config["text_config"]["rope_parameters"]["rope_theta"] == 50000.0
+    state = _load_state(out)
+    orig = _load_state(original)
+    assert torch.equal(state["model.language_model.embed_tokens.weight"], orig["model.embed_tokens.weight"])
+    assert torch.equal(state["lm_head.weight"], orig["lm_head.weight"])
+    for e in range(NUM_EXPERTS):
+        gate_up = state["model.moe.experts.gate_up_proj"][e]
+        assert torch.equal(gate_up[:MOE_INTER], orig[f"model.moe_model.experts.{e}.gate_proj.weight"])
+        assert torch.equal(gate_up[MOE_INTER:], orig[f"model.moe_model.experts.{e}.up_proj.weight"])
+        assert torch.equal(state["model.moe.experts.down_proj"][e], orig[f"model.moe_model.experts.{e}.down_proj.weight"])
+    assert torch.equal(state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
+                       orig["model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"])
+    generation = json.loads((out / "generation_config.json").read_text())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert generation["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert generation["pad_token_id"] == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.encode("<image>", add_special_tokens=False) == [result.image_token_id]
+    assert tok.model_max_length == 2048
+
+
+def test_converted_loads_with_auto_classes_and_matches_processor(converted):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from transformers_parrot.assets import bundled_image
+
+    _, result = converted
+    model = AutoModelForImageTextToText.from_pretrained(str(result.output)).eval()
+    processor = AutoProcessor.from_pretrained(str(result.output))
+    assert type(model).__name__ == "ParrotForConditionalGeneration"
+    assert processor.image_processor.do_pad and processor.image_processor.crop_size["height"] == IMAGE_SIZE
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Что на картинке?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n")
+    inputs = processor(images=[bundled_image()], text=text, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3 or int(out[0, -1]) == model.generation_config.eos_token_id
+
+
+def test_verify_passes_and_cli_verify_only(converted, capsys):
+    original, result = converted
+    report = conversion.verify(original, result.output)
+    assert report.ok, report.failures
+    assert report.max_diffs["routing_weights"] < 1e-5 and report.top1_agree == len(conversion.VERIFY_PROMPTS)
+    assert conversion.main(["--input", str(original), "--output", str(result.output), "--verify_only"]) == 0
+    printed = capsys.readouterr().out
+    assert "max |diff| routing_weights" in printed and "verification passed" in printed
+
+
+REMOTE_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.modules["transformers_parrot"] = None  # the package must not be importable: remote code only
+    import torch, transformers
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from PIL import Image
+    folder = sys.argv[1]
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+        "text": "What is in the image?"}]}], add_generation_prompt=True)
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    inputs = processor(images=[image], text=text, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -1]
+    print("LOGITS", ",".join(f"{x:.6f}" for x in logits[:8].tolist()))
+""")
+
+
+def _remote_pythons() -> list[str]:
+    pythons = [sys.executable]
+    other = Path(__file__).resolve().parents[1] / ".venv457" / "bin" / "python"
+    if other.is_file() and os.environ.get("PARROT_SKIP_457") != "1":
+        pythons.append(str(other))
+    return pythons
+
+
+@pytest.mark.parametrize("python", _remote_pythons(), ids=lambda p: "457" if "457" in p else "current")
+def test_trust_remote_code_without_package(converted, tmp_path, python):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    _, result = converted
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([python, "-c", REMOTE_SCRIPT, str(result.output)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = [float(x) for x in run.stdout.split("LOGITS ")[1].split(",")]
+    model = AutoModelForImageTextToText.from_pretrained(str(result.output)).eval()
+    processor = AutoProcessor.from_pretrained(str(result.output))
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                         "text": "What is in the image?"}]}], add_generation_prompt=True)
+    inputs = processor(images=[Image.new("RGB", (40, 20), (200, 10, 10))], text=text, return_tensors="pt")
+    with torch.no_grad():
+        local = model(**inputs).logits[0, -1, :8]
+    assert torch.allclose(local, torch.tensor(remote), atol=1e-4), (local, remote)
+
+
+# ------------------------------------------------------------------------------------------------ input variants
+def test_bin_single_file_vision_from_mm_vision_tower_resized_vocab(tmp_path, original_tokenizer, clip_dir, capsys):
+    """Pickled single .bin without vision weights (they come from the full CLIP folder named by mm_vision_tower,
+    whose text tower is left out) and no spare embedding row: the vocabulary grows by one mean-initialised row."""
+    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, fmt="bin", with_vision=False,
+                              spare_rows=0)
+    out = tmp_path / "hf"
+    assert conversion.main(["--input", str(original), "--output", str(out), "--verify", "--dtype", "float32"]) == 0
+    printed = capsys.readouterr().out
+    assert "resized embedding row" in printed and "verification passed" in printed
+    assert "text_model.embeddings.token_embedding.weight (not part of the vision tower)" in printed
+    n_tokens = _n_original_tokens(original_tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    assert config["image_token_id"] == n_tokens and config["text_config"]["vocab_size"] == n_tokens + 1
+    state, orig = _load_state(out), torch.load(original / "pytorch_model.bin", weights_only=True)
+    for new, old in (("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+                     ("lm_head.weight", "lm_head.weight")):
+        assert torch.equal(state[new][:n_tokens], orig[old])
+        assert torch.allclose(state[new][n_tokens], orig[old].mean(0))
+    clip = _clip_vision_state(1)
+    assert torch.equal(state["model.vision_tower.post_layernorm.weight"], clip["vision_model.post_layernorm.weight"])
+
+
+def test_sharded_bin_vision_tower_override_bf16(tmp_path, original_tokenizer):
+    """Sharded .bin with vision weights inside, overridden by --vision_tower (a CLIPVisionModel saved by this
+    transformers version, i.e. without the vision_model. level); bfloat16 output; verify in bfloat16."""
+    from transformers import CLIPVisionModel
+
+    tower = tmp_path / "tower"
+    torch.manual_seed(7)
+    CLIPVisionModel(_clip_config()).save_pretrained(str(tower))
+    (tower / "preprocessor_config.json").write_text(json.dumps(_clip_preprocessor()))
+    original = write_original(tmp_path / "orig", original_tokenizer, tmp_path / "nonexistent-clip", fmt="bin",
+                              shards=3)
+    out = tmp_path / "hf"
+    result = conversion.convert(original, out, vision_tower=str(tower), dtype="bfloat16")
+    assert any("replaced by --vision_tower" in name for name in result.ignored)
+    state = _load_state(out)
+    assert state["lm_head.weight"].dtype == torch.bfloat16
+    tower_state = _load_state(tower)
+    assert torch.equal(state["model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"],
+                       tower_state["encoder.layers.0.self_attn.q_proj.weight"].to(torch.bfloat16))
+    report = conversion.verify(original, out, vision_tower=str(tower), compute_dtype="bfloat16")
+    assert report.ok, report.failures
+
+
+# ------------------------------------------------------------------------------------------------ failures
+def _expect_failure(tmp_path, original_tokenizer, clip_dir, hook, *needles, **config_overrides):
+    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, state_hook=hook, **config_overrides)
+    with pytest.raises(conversion.ConversionError) as err:
+        conversion.convert(original, tmp_path / "hf")
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").glob("*.safetensors"))
+    return original
+
+
+def test_missing_key_fails_naming_it(tmp_path, original_tokenizer, clip_dir, capsys):
+    key = "model.moe_model.experts.1.up_proj.weight"
+    original = _expect_failure(tmp_path, original_tokenizer, clip_dir, lambda s: s.pop(key), "missing", key)
+    assert conversion.main(["--input", str(original), "--output", str(tmp_path / "cli")]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_wrong_shape_fails_naming_it(tmp_path, original_tokenizer, clip_dir):
+    key = "model.layers.1.self_attn.k_proj.weight"
+
+    def hook(state):
+        state[key] = torch.zeros(3, HIDDEN)
+
+    _expect_failure(tmp_path, original_tokenizer, clip_dir, hook, "wrong shape", key)
+
+
+def test_unexpected_key_fails_naming_it(tmp_path, original_tokenizer, clip_dir):
+    key = "model.moe_model.experts.0.extra_proj.weight"
+
+    def hook(state):
+        state[key] = torch.zeros(2, 2)
+        state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)  # a known buffer: ignored, reported
+
+    _expect_failure(tmp_path, original_tokenizer, clip_dir, hook, "unexpected", key)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"mm_projector_type": "linear"}, "mm_projector_type"),
+    ({"mm_patch_merge_type": "spatial_unpad"}, "mm_patch_merge_type"),
+    ({"mm_vision_select_feature": "patch"}, "cls_patch"),
+])
+def test_unsupported_settings_fail(tmp_path, original_tokenizer, clip_dir, overrides, needle):
+    _expect_failure(tmp_path, original_tokenizer, clip_dir, None, needle, **overrides)
+
+
+def test_settings_mapping():
+    base = original_config(100, "clip")
+    assert conversion.multimodal_settings({**base, "use_moe_residual": False})["moe_residual_weight"] == 0.0
+    mapped = conversion.multimodal_settings({**base, "use_moe": False, "mm_vision_select_feature": "patch",
+                                             "image_aspect_ratio": "square", "moe_top_k": 2})
+    assert mapped["vision_feature_select_strategy"] == "default" and mapped["do_pad"] is False
+    assert mapped["use_moe"] is False and mapped["moe_top_k"] is None  # the original forward is always dense
+
+
+def test_value_corruption_is_caught_by_verify(converted, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    original, result = converted
+    broken = tmp_path / "broken"
+    shutil.copytree(result.output, broken)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    shard = broken / index["weight_map"]["model.moe.gate.weight"]
+    tensors = load_file(str(shard))
+    tensors["model.moe.gate.weight"] = tensors["model.moe.gate.weight"].flip(0).contiguous()
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    assert conversion.main(["--input", str(original), "--output", str(broken), "--verify_only"]) == 1
+    captured = capsys.readouterr()
+    assert "routing_weights" in captured.err and "VERIFICATION FAILED" in captured.err
+    assert "verification passed" not in captured.out
+
+
+# ------------------------------------------------------------------------------------------------ model card
+def test_model_card_parses_back(converted, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from transformers_parrot.modelcard import build_model_card
+
+    _, result = converted
+    card = ModelCard.load(result.output / "README.md")
+    assert card.data.language == ["en", "zh", "pt", "ar", "tr", "ru"]
+    assert card.data.license == "apache-2.0"  # carried from the input's card
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
+    for snippet in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", 'pipeline("image-text-to-text"'):
+        assert snippet in card.text
+
+    results = {"mmmb": {"en": {"overall": 70.0}, "cn": {"overall": 68.13}},
+               "mmbench": {"ar": {"overall": 57.82, "circular": True}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    bases = ["Qwen/Qwen1.5-7B-Chat", "openai/clip-vit-large-patch14-336"]
+    built = build_model_card(result.config, model_name="Parrot-7B-hf", repo_id="me/Parrot-7B-hf",
+                             license="apache-2.0", base_models=bases, results=path,
+                             converted_from="AIDC-AI/Parrot-7B")
+    built.save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == bases
+    assert card.data.model_name == "Parrot-7B-hf" and len(card.data.eval_results) == 3
+    assert {e.dataset_name for e in card.data.eval_results} == {"MMMB (en)", "MMMB (zh)", "Multilingual MMBench (ar)"}
+    assert "me/Parrot-7B-hf" in card.text and "AIDC-AI/Parrot-7B" in card.text
+
+    # the evaluator's model_index.json fragment works too (and recipe cards: training text, no conversion)
+    fragment = {"model-index": [{"name": "Parrot-7B-hf", "results": [{
+        "task": {"type": "visual-question-answering"},
+        "dataset": {"name": "MMMB (en)", "type": "AIDC-AI/Parrot-dataset", "config": "mmmb", "split": "en"},
+        "metrics": [{"type": "accuracy", "value": 70.0}]}]}]}
+    card = build_model_card(result.config, model_name="my-parrot", results=fragment, training="Stage 2, 1 epoch.")
+    parsed = ModelCard(str(card))
+    assert parsed.data.eval_results[0].metric_value == 70.0 and "## Training" in parsed.text
