@@ -111,6 +111,22 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, weights: bool = True,
     return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
 
 
+def resolve_vision_tower(name: str, *, weights: bool) -> Path:
+    """The CLIP tower folder: a local folder, a Hub id, or (released checkpoints name the training machine's path,
+    e.g. ``/playground/models/clip-vit-large-patch14-336``) the OpenAI Hub repo of that folder's name."""
+    path = Path(str(name)).expanduser()
+    if path.is_dir():
+        return path
+    looks_local = str(name).startswith(("/", ".", "~")) or str(name).count("/") > 1
+    if looks_local:
+        if path.name.startswith("clip-vit-"):
+            repo = f"openai/{path.name}"
+            logger.warning("mm_vision_tower %s is a path of the training machine: using %s", name, repo)
+            return resolve_checkpoint(repo, weights=weights)
+        raise ConversionError(f"vision tower {name!r} is not a local folder: pass --vision_tower")
+    return resolve_checkpoint(str(name), weights=weights)
+
+
 @dataclass
 class TensorInfo:
     """Where one input tensor lives: file, name inside the file, shape."""
@@ -623,7 +639,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
         if not tower_name:
             raise ConversionError("the checkpoint has no vision weights and config.json has no mm_vision_tower; "
                                   "pass --vision_tower")
-        vision_folder = resolve_checkpoint(tower_name)
+        vision_folder = resolve_vision_tower(tower_name, weights=True)
         if has_vision:
             inside = sorted(k for k in tensors if k.startswith(VISION_PREFIX))
             logger.warning("--vision_tower given: replacing the %d vision tensors of the checkpoint", len(inside))
@@ -638,7 +654,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
         vision_folder = None
         if tower_name:
             try:  # config and preprocessor of the tower only, no weights
-                vision_folder = resolve_checkpoint(tower_name, weights=False)
+                vision_folder = resolve_vision_tower(tower_name, weights=False)
             except Exception as err:  # noqa: BLE001 - reported below
                 raise ConversionError(
                     f"cannot read the vision tower config from mm_vision_tower={tower_name!r} ({err}); pass "
@@ -761,8 +777,8 @@ def _base_models(original: dict, vision_tower: str | None) -> list[str]:
     tower = vision_tower or original.get("mm_vision_tower")
     if tower and re.fullmatch(r"[\w.-]+/[\w.-]+", str(tower)) and not Path(str(tower)).exists():
         bases.append(str(tower))
-    elif tower and Path(str(tower)).name.startswith("clip-vit-large-patch14-336"):
-        bases.append("openai/clip-vit-large-patch14-336")  # a local copy of the released tower
+    elif tower and Path(str(tower)).name.startswith("clip-vit-"):
+        bases.append(f"openai/{Path(str(tower)).name}")  # a local copy of OpenAI's tower
     return bases
 
 
@@ -928,7 +944,9 @@ def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_t
     tensors = read_headers(folder, "checkpoint")
     has_vision = any(k.startswith(VISION_PREFIX) for k in tensors)
     tower = vision_tower or original.get("mm_vision_tower")
-    vision_folder = resolve_checkpoint(tower, weights=vision_tower is not None or not has_vision)
+    if not tower:
+        raise ConversionError("config.json has no mm_vision_tower: pass --vision_tower")
+    vision_folder = resolve_vision_tower(tower, weights=vision_tower is not None or not has_vision)
     vision_tensors = None
     if vision_tower is not None or not has_vision:
         vision_tensors, _ = _external_vision_tensors(vision_folder)
