@@ -37,7 +37,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -814,7 +814,7 @@ def _reference_outputs(folder: Path, original: dict, vision_tensors: dict[str, T
     """Routing weights, post-MoE features and last-token logits computed straight from the original tensors:
     transformers' CLIPVisionModel and Qwen2ForCausalLM loaded from the original keys, projector and the per-expert
     MoE loop written out from parrot-notes §1, prompt built by hand (ChatML), image padded by hand (§2)."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, CLIPImageProcessor, Qwen2Config, Qwen2ForCausalLM
     from transformers import CLIPVisionModel
 
     tensors = read_headers(folder, "checkpoint")
