@@ -1,0 +1,97 @@
+"""Smoke test of benchmarks/bench_vs_llava.py at the tiny preset (issue 7): it runs, writes the JSON keys and the
+Markdown table, and the two models really share their weights (Parrot with the MoE bypassed is LLaVA).
+No timing assertions: CI machines are noisy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_llava.py"
+REQUIRED_KEYS = (
+    "prefill_ratio_b1",
+    "prefill_ratio_b8",
+    "decode_ratio",
+    "train_step_ratio",
+    "peak_memory_ratio",
+    "moe_flop_share",
+    "moe_matmul_efficiency",
+    "moe_top1_time_ratio",
+    "raw",
+)
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_vs_llava", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_vs_llava", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_bench()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(bench):
+    return bench.build_models(bench.PRESETS["tiny"], "cpu", torch.float32, None)
+
+
+def test_shared_weights_identical(tiny_models):
+    parrot, llava = tiny_models["parrot"], tiny_models["llava"]
+    parrot_state, llava_state = parrot.state_dict(), llava.state_dict()
+    assert set(parrot_state) - set(llava_state) == {
+        "model.moe.gate.weight",
+        "model.moe.experts.gate_up_proj",
+        "model.moe.experts.down_proj",
+    }
+    for key, value in llava_state.items():
+        assert torch.equal(value, parrot_state[key]), key
+
+
+def test_parrot_without_moe_is_llava(bench, tiny_models):
+    preset = bench.PRESETS["tiny"]
+    for batch in (1, 3):
+        inputs = bench.make_inputs(preset, batch, "cpu", torch.float32)
+        result = bench.check_identical_without_moe(tiny_models, inputs)
+        assert result["max_abs_diff_use_moe_false"] == 0.0, result
+        assert result["max_abs_diff_with_moe"] > 0.0, result  # the MoE does change the visual tokens
+
+
+def test_tiny_preset_end_to_end(bench, tmp_path):
+    out_json, out_md = tmp_path / "tiny.json", tmp_path / "tiny.md"
+    bench.main(["--preset", "tiny", "--repeats", "1", "--json", str(out_json), "--markdown", str(out_md)])
+    result = json.loads(out_json.read_text())
+    for key in REQUIRED_KEYS:
+        assert key in result, key
+    for key in REQUIRED_KEYS[:-1]:
+        if key == "peak_memory_ratio" and result[key] is None:  # tiny models: below the RSS resolution
+            continue
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    raw = result["raw"]
+    for key in ("prefill_b1", "prefill_b8", "train_step"):
+        assert set(raw[key]["samples"]) == {"parrot", "llava"}
+    new_tokens = bench.PRESETS["tiny"]["new_tokens"]
+    assert raw["decode"]["parrot_generated_len"] == raw["prompt_length"] + new_tokens
+    assert raw["decode"]["llava_generated_len"] == raw["prompt_length"] + new_tokens
+    assert result["correctness"]["bitwise_equal_use_moe_false"] is True
+    # The FLOP difference Parrot - LLaVA is the MoE's two expert matmuls plus its small router.
+    preset = bench.PRESETS["tiny"]
+    experts = bench.moe_dense_flops(8, raw["image_seq_length"], preset["text"]["hidden_size"],
+                                    preset["moe_intermediate_size"], preset["num_experts"])
+    flops = result["flops"]
+    assert experts <= flops["parrot_prefill_b8_flops"] - flops["llava_prefill_b8_flops"] <= experts * 1.10
+    for key in ("prefill_b1", "prefill_b8", "train"):
+        assert 0.0 < flops[f"moe_flop_share_{key}"] < 1.0
+    assert set(result["targets"]) >= {"prefill_b1", "prefill_b8", "decode", "train_step",
+                                      "moe_matmul_efficiency", "moe_top1_time_ratio"}
+    table = out_md.read_text()
+    assert "| prefill, batch 1 (s) |" in table and "| target |" in table
