@@ -233,7 +233,7 @@ def test_converted_folder_layout_and_config(converted, original_tokenizer):
     n_tokens = _n_original_tokens(original_tokenizer)
     assert result.image_token_id == n_tokens and not result.resized_vocab
     assert config["text_config"]["vocab_size"] == n_tokens + 8
-    assert config["text_config"]["rope_parameters"]["rope_theta"] == 50000.0
+    assert config["text_config"]["rope_theta"] == 50000.0  # legacy key too: 4.57 ignores rope_parameters
     state = _load_state(out)
     orig = _load_state(original)
     assert torch.equal(state["model.language_model.embed_tokens.weight"], orig["model.embed_tokens.weight"])
@@ -383,9 +383,11 @@ def test_sharded_bin_vision_tower_override_bf16(tmp_path, original_tokenizer):
     assert any("replaced by --vision_tower" in name for name in result.ignored)
     state = _load_state(out)
     assert state["lm_head.weight"].dtype == torch.bfloat16
-    tower_state = _load_state(tower)
+    tower_state = _load_state(tower)  # 5.x saves CLIPVisionModel without the vision_model. level, 4.x with it
+    q_proj = "encoder.layers.0.self_attn.q_proj.weight"
+    q_proj = q_proj if q_proj in tower_state else "vision_model." + q_proj
     assert torch.equal(state["model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"],
-                       tower_state["encoder.layers.0.self_attn.q_proj.weight"].to(torch.bfloat16))
+                       tower_state[q_proj].to(torch.bfloat16))
     report = conversion.verify(original, out, vision_tower=str(tower), compute_dtype="bfloat16")
     assert report.ok, report.failures
 
