@@ -1,0 +1,268 @@
+"""Synthetic multilingual visual question answering for the demo: PIL drawings of shapes, and questions about
+their colour, shape, count and position in en, zh, pt, ar, tr, ru, with answers in the question's language.
+
+Everything is a pure function of a seed (`random.Random`, no global state), so the same seed gives the same
+images, questions and files byte for byte.
+
+Training data is written as the release's LLaVA JSON (``{"id", "image", "conversations"}``) with PNG images in a
+folder, the format `transformers_parrot.training` reads; held-out test questions are written as MMMB-format
+multiple-choice TSVs, one per language (columns ``index, question, A, B, C, D, answer, category, image``),
+the format `parrot-eval` reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..evaluation.data import FILE_CODES
+from ..evaluation.prompts import build_prompt
+
+LANGUAGES = ("en", "zh", "pt", "ar", "tr", "ru")
+KINDS = ("colour", "shape", "count", "position")
+LETTERS = "ABCD"
+
+COLOURS = {  # name -> RGB; clean, well separated hues on a white background
+    "red": (220, 30, 30), "blue": (30, 70, 230), "green": (30, 160, 50),
+    "yellow": (240, 200, 0), "orange": (250, 130, 0), "purple": (140, 40, 190),
+}
+SHAPES = ("circle", "square", "triangle", "star")
+COUNTS = (1, 2, 3, 4)
+POSITIONS = ("left", "right", "top", "bottom")
+
+# Answer words per language (mostly the words the bundled tiny tokenizer was trained on).
+WORDS: dict[str, dict[str, str]] = {
+    "en": {"red": "red", "blue": "blue", "green": "green", "yellow": "yellow", "orange": "orange",
+           "purple": "purple", "circle": "circle", "square": "square", "triangle": "triangle", "star": "star",
+           1: "one", 2: "two", 3: "three", 4: "four",
+           "left": "left", "right": "right", "top": "top", "bottom": "bottom"},
+    "zh": {"red": "红色", "blue": "蓝色", "green": "绿色", "yellow": "黄色", "orange": "橙色", "purple": "紫色",
+           "circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
+           1: "一个", 2: "两个", 3: "三个", 4: "四个",
+           "left": "左边", "right": "右边", "top": "上面", "bottom": "下面"},
+    "pt": {"red": "vermelho", "blue": "azul", "green": "verde", "yellow": "amarelo", "orange": "laranja",
+           "purple": "roxo", "circle": "círculo", "square": "quadrado", "triangle": "triângulo", "star": "estrela",
+           1: "um", 2: "dois", 3: "três", 4: "quatro",
+           "left": "esquerda", "right": "direita", "top": "cima", "bottom": "baixo"},
+    "ar": {"red": "أحمر", "blue": "أزرق", "green": "أخضر", "yellow": "أصفر", "orange": "برتقالي",
+           "purple": "بنفسجي", "circle": "دائرة", "square": "مربع", "triangle": "مثلث", "star": "نجمة",
+           1: "واحد", 2: "اثنان", 3: "ثلاثة", 4: "أربعة",
+           "left": "اليسار", "right": "اليمين", "top": "الأعلى", "bottom": "الأسفل"},
+    "tr": {"red": "kırmızı", "blue": "mavi", "green": "yeşil", "yellow": "sarı", "orange": "turuncu",
+           "purple": "mor", "circle": "daire", "square": "kare", "triangle": "üçgen", "star": "yıldız",
+           1: "bir", 2: "iki", 3: "üç", 4: "dört",
+           "left": "sol", "right": "sağ", "top": "üst", "bottom": "alt"},
+    "ru": {"red": "красный", "blue": "синий", "green": "зелёный", "yellow": "жёлтый", "orange": "оранжевый",
+           "purple": "фиолетовый", "circle": "круг", "square": "квадрат", "triangle": "треугольник",
+           "star": "звезда", 1: "один", 2: "два", 3: "три", 4: "четыре",
+           "left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
+}
+
+QUESTIONS: dict[str, dict[str, str]] = {
+    "en": {"colour": "What colour are the shapes in the image?", "shape": "What shape is shown in the image?",
+           "count": "How many shapes are in the image?", "position": "Where is the shape in the image?"},
+    "zh": {"colour": "图片中的形状是什么颜色？", "shape": "图片中是什么形状？", "count": "图片中有几个形状？",
+           "position": "形状在图片的哪里？"},
+    "pt": {"colour": "De que cor são as formas na imagem?", "shape": "Que forma aparece na imagem?",
+           "count": "Quantas formas há na imagem?", "position": "Onde está a forma na imagem?"},
+    "ar": {"colour": "ما لون الأشكال في الصورة؟", "shape": "ما الشكل الموجود في الصورة؟",
+           "count": "كم عدد الأشكال في الصورة؟", "position": "أين يوجد الشكل في الصورة؟"},
+    "tr": {"colour": "Resimdeki şekiller ne renk?", "shape": "Resimde hangi şekil var?",
+           "count": "Resimde kaç şekil var?", "position": "Şekil resmin neresinde?"},
+    "ru": {"colour": "Какого цвета фигуры на изображении?", "shape": "Какая фигура на изображении?",
+           "count": "Сколько фигур на изображении?", "position": "Где находится фигура на изображении?"},
+}
+
+# Stage-1 captions (alignment data is captions in the paper): "{count} {colour} {shape}(s)" in English.
+CAPTION_PROMPT = "Describe the image briefly."
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a drawing shows: `count` copies of one `shape` in one `colour`; `position` is set when count == 1."""
+
+    shape: str
+    colour: str
+    count: int
+    position: str | None
+    seed: int
+
+    def value(self, kind: str):
+        return {"colour": self.colour, "shape": self.shape, "count": self.count, "position": self.position}[kind]
+
+
+def candidates(kind: str) -> tuple:
+    return {"colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS, "position": POSITIONS}[kind]
+
+
+def random_scene(rng: random.Random, kind: str | None = None) -> Scene:
+    """A scene that can answer `kind` (a position question needs a single shape)."""
+    count = 1 if kind == "position" else rng.choice(COUNTS)
+    position = rng.choice(POSITIONS) if count == 1 else None
+    return Scene(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), count, position, rng.randrange(1 << 30))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        s = r * 0.88
+        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.85), (cx - r, cy + r * 0.85)], fill=fill)
+    elif shape == "star":
+        import math
+
+        points = []
+        for i in range(10):
+            radius = r if i % 2 == 0 else r * 0.45
+            angle = -math.pi / 2 + i * math.pi / 5
+            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        draw.polygon(points, fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(scene: Scene, size: int = 48) -> Image.Image:
+    """Draw a scene on a white `size`×`size` canvas (deterministic for the scene's seed).
+
+    Several shapes go into distinct cells of a 2×2 grid with a little jitter; a single shape sits centred on the
+    left, right, top or bottom edge of the canvas."""
+    rng = random.Random(scene.seed)
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[scene.colour])
+    if scene.count == 1:
+        r = size * rng.uniform(0.15, 0.2)
+        along = size / 2 + rng.uniform(-0.12, 0.12) * size
+        edge = size * 0.22
+        cx, cy = {"left": (edge, along), "right": (size - edge, along),
+                  "top": (along, edge), "bottom": (along, size - edge)}[scene.position]
+        _draw_shape(draw, scene.shape, cx, cy, r, fill)
+        return image
+    cells = rng.sample(range(4), scene.count)
+    half = size / 2
+    for cell in cells:
+        r = size * rng.uniform(0.13, 0.17)
+        cx = (cell % 2) * half + half / 2 + rng.uniform(-0.06, 0.06) * size
+        cy = (cell // 2) * half + half / 2 + rng.uniform(-0.06, 0.06) * size
+        _draw_shape(draw, scene.shape, cx, cy, r, fill)
+    return image
+
+
+def word(language: str, value) -> str:
+    return WORDS[language][value]
+
+
+def mc_item(rng: random.Random, scene: Scene, kind: str, language: str) -> tuple[str, dict[str, str], str]:
+    """(question, {letter: option text}, answer letter): the right answer and three distractors of the same
+    kind, shuffled."""
+    right = scene.value(kind)
+    others = [v for v in candidates(kind) if v != right]
+    options = [right] + rng.sample(others, 3)
+    rng.shuffle(options)
+    letters = {LETTERS[i]: word(language, v) for i, v in enumerate(options)}
+    return QUESTIONS[language][kind], letters, LETTERS[options.index(right)]
+
+
+def caption(scene: Scene) -> str:
+    text = f"{WORDS['en'][scene.count]} {scene.colour} {scene.shape}{'s' if scene.count > 1 else ''}"
+    if scene.position:
+        text += f" on the {scene.position}"
+    return text[0].upper() + text[1:] + "."
+
+
+# ---------------------------------------------------------------------------------------------- writers
+def _png(image: Image.Image, path: Path) -> None:
+    image.save(path, format="PNG", optimize=False, compress_level=1)
+
+
+def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_samples: int,
+                        languages=LANGUAGES, mc_ratio: float = 0.75, questions_per_image: int = 4,
+                        image_size: int = 48) -> dict:
+    """Write `num_images` PNGs and two LLaVA JSON files:
+
+    - ``stage1.json``: English captions of the first `stage1_samples` images (alignment data);
+    - ``stage2.json``: `questions_per_image` questions per image, each in a random language of `languages` and of
+      a random kind; a share `mc_ratio` are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
+      shuffled) answered with the letter, the rest short free-form answers in the question's language.
+
+    Returns a summary (counts per language and kind)."""
+    folder = Path(folder)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"parrot-demo-train-{seed}")
+    stage1, stage2 = [], []
+    counts: dict[str, int] = {}
+    for i in range(num_images):
+        # a quarter of the images are single shapes (so position questions get their share)
+        scene = random_scene(rng, "position" if i % 4 == 0 else None)
+        name = f"{i:06d}.png"
+        _png(render(scene, image_size), images / name)
+        if i < stage1_samples:
+            stage1.append({"id": f"cap{i}", "image": name, "conversations": [
+                {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption(scene)}]})
+        kinds = [k for k in KINDS if scene.value(k) is not None]
+        for j in range(questions_per_image):
+            language = rng.choice(tuple(languages))
+            kind = kinds[j % len(kinds)] if j < len(kinds) else rng.choice(kinds)
+            if rng.random() < mc_ratio:
+                question, options, letter = mc_item(rng, scene, kind, language)
+                prompt, answer, style = build_prompt(question, options, language), letter, "mc"
+            else:
+                prompt, answer, style = QUESTIONS[language][kind], word(language, scene.value(kind)), "free"
+            stage2.append({"id": f"q{i}-{j}", "image": name, "language": language, "kind": kind, "style": style,
+                           "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
+                                             {"from": "gpt", "value": answer}]})
+            key = f"{language}/{kind}/{style}"
+            counts[key] = counts.get(key, 0) + 1
+    rng.shuffle(stage2)
+    (folder / "stage1.json").write_text(json.dumps(stage1, ensure_ascii=False), encoding="utf-8")
+    (folder / "stage2.json").write_text(json.dumps(stage2, ensure_ascii=False), encoding="utf-8")
+    return {"images": num_images, "stage1_samples": len(stage1), "stage2_samples": len(stage2),
+            "stage2_by_language_kind_style": dict(sorted(counts.items()))}
+
+
+def _b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_rows(seed: int, language: str, per_kind: int, image_size: int = 48) -> list[dict]:
+    """Held-out multiple-choice rows for one language (`per_kind` questions of each kind), from a random stream
+    separate from the training data's (and different per language)."""
+    rng = random.Random(f"parrot-demo-test-{seed}-{language}")
+    rows = []
+    for n in range(per_kind * len(KINDS)):
+        kind = KINDS[n % len(KINDS)]
+        scene = random_scene(rng, kind)
+        question, options, letter = mc_item(rng, scene, kind, language)
+        rows.append({"index": n, "question": question, **options, "answer": letter, "category": kind,
+                     "image": _b64(render(scene, image_size))})
+    return rows
+
+
+def write_test_tsvs(folder: str | Path, seed: int, per_kind: int, languages=LANGUAGES, image_size: int = 48,
+                    stem: str = "parrot_demo") -> list[Path]:
+    """One MMMB-format TSV per language: ``{stem}_{code}.tsv`` (file code "cn" for Chinese, as MMMB's files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for language in languages:
+        path = folder / f"{stem}_{FILE_CODES[language]}.tsv"
+        rows = test_rows(seed, language, per_kind, image_size)
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["index", "question", *LETTERS, "answer", "category", "image"],
+                                    delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        paths.append(path)
+    return paths
