@@ -68,8 +68,20 @@ def _pythons():
 
 
 @pytest.fixture(scope="module")
-def saved_repo(tmp_path_factory, tiny):
-    model, processor = tiny
+def published(tmp_path_factory):
+    """(model, processor) with a non-default RoPE base: transformers 5 and 4 store it differently."""
+    from conftest import sharpen_routing
+
+    from transformers_parrot.tiny import tiny_model
+
+    model, processor = tiny_model(seed=2, text_config={"rope_theta": 500000.0})
+    sharpen_routing(model)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def saved_repo(tmp_path_factory, published):
+    model, processor = published
     folder = tmp_path_factory.mktemp("parrot-repo")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -94,8 +106,8 @@ def test_saved_folder_is_self_contained(saved_repo):
 
 @pytest.mark.compat
 @pytest.mark.parametrize("python", list(_pythons()))
-def test_remote_code_loads_without_the_package(python, saved_repo, tiny, tmp_path):
-    model, processor = tiny
+def test_remote_code_loads_without_the_package(python, saved_repo, published, tmp_path):
+    model, processor = published
     out = tmp_path / "remote.pt"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
@@ -124,9 +136,12 @@ def test_remote_code_loads_without_the_package(python, saved_repo, tiny, tmp_pat
         torch.testing.assert_close(remote["logits"], logits, rtol=1e-4, atol=1e-4)
 
 
-def test_package_loads_saved_folder_without_remote_code(saved_repo, tiny):
+def test_package_loads_saved_folder_without_remote_code(saved_repo, published):
     """The package itself also loads the folder (no remote code needed when it is installed)."""
     model = transformers.AutoModelForImageTextToText.from_pretrained(saved_repo)
     assert type(model).__module__ == "transformers_parrot.modeling_parrot"
-    torch.testing.assert_close(model.lm_head.weight, tiny[0].lm_head.weight)
+    torch.testing.assert_close(model.lm_head.weight, published[0].lm_head.weight)
+    text_config = model.config.text_config
+    rope_theta = getattr(text_config, "rope_parameters", None) or {"rope_theta": text_config.rope_theta}
+    assert rope_theta["rope_theta"] == 500000.0
     assert Path(saved_repo / "generation_config.json").exists()

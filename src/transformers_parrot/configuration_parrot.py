@@ -65,6 +65,19 @@ def _as_config(value: Any, default: dict[str, Any]):
     return value
 
 
+def _with_legacy_rope(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5 saves the LLM's RoPE settings only as `rope_parameters`, which 4.x ignores (it would silently
+    fall back to rope_theta=10000): also write the 4.x fields `rope_theta` / `rope_scaling` so a folder saved on
+    either major loads identically on both."""
+    text = config_dict.get("text_config")
+    rope = text.get("rope_parameters") if isinstance(text, dict) else None
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        text["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return config_dict
+
+
 class ParrotConfig(_BaseConfig):
     r"""
     Configuration of a [`ParrotForConditionalGeneration`]: a vision tower, a 2-layer MLP projector, the multilingual
@@ -168,6 +181,12 @@ class ParrotConfig(_BaseConfig):
         if not image_size or not patch_size:
             return None
         return (image_size // patch_size) ** 2 + (1 if strategy == "full" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_legacy_rope(super().to_dict())
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return _with_legacy_rope(super().to_diff_dict())
 
     @property
     def im_start_token_id(self) -> int:
