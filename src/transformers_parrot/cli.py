@@ -17,3 +17,10 @@ def convert_main() -> None:
     from .conversion import main
 
     sys.exit(main())
+
+
+def demo_main() -> None:
+    """``parrot-demo``: see ``transformers_parrot.demo.run``."""
+    from .demo.run import main
+
+    sys.exit(main())

@@ -6,9 +6,9 @@
 Python: ``from transformers_parrot.demo import DemoSettings, run_demo``.
 """
 
-from .data import LANGUAGES, render, test_rows, write_test_tsvs, write_training_data
+from .data import LANGUAGES, render, heldout_rows, write_test_tsvs, write_training_data
 from .model import DemoModelConfig, build_demo_model
 from .run import DemoSettings, build_parser, main, run_demo
 
 __all__ = ["LANGUAGES", "DemoModelConfig", "DemoSettings", "build_demo_model", "build_parser", "main", "render",
-           "run_demo", "test_rows", "write_test_tsvs", "write_training_data"]
+           "run_demo", "heldout_rows", "write_test_tsvs", "write_training_data"]

@@ -236,7 +236,7 @@ def _b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def test_rows(seed: int, language: str, per_kind: int, image_size: int = 48) -> list[dict]:
+def heldout_rows(seed: int, language: str, per_kind: int, image_size: int = 48) -> list[dict]:
     """Held-out multiple-choice rows for one language (`per_kind` questions of each kind), from a random stream
     separate from the training data's (and different per language)."""
     rng = random.Random(f"parrot-demo-test-{seed}-{language}")
@@ -258,7 +258,7 @@ def write_test_tsvs(folder: str | Path, seed: int, per_kind: int, languages=LANG
     paths = []
     for language in languages:
         path = folder / f"{stem}_{FILE_CODES[language]}.tsv"
-        rows = test_rows(seed, language, per_kind, image_size)
+        rows = heldout_rows(seed, language, per_kind, image_size)
         with open(path, "w", encoding="utf-8", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["index", "question", *LETTERS, "answer", "category", "image"],
                                     delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
