@@ -8,7 +8,7 @@ and reporting medians and Parrot/LLaVA ratios:
 
 * prefill latency (image + prompt, `logits_to_keep=1` as in `generate`) at batch 1 and batch 8;
 * decode throughput: greedy `generate` with the KV cache and a fixed number of new tokens
-  (`min_new_tokens == max_new_tokens`); decode time = t(generate n tokens) - t(generate 1 token), so the prefill
+  (`min_new_tokens == max_new_tokens`); decode time = t(generate n tokens) - t(generate 1 token) per round, so the prefill
   is not counted;
 * one SFT training step: forward + backward + AdamW step over the trained parts (projector, MoE, LLM; the vision
   tower is frozen as in both of Parrot's stages), labels on the answer only;
@@ -343,7 +343,7 @@ def measure_prefill(models, inputs, device, repeats) -> dict[str, list[float]]:
 
 
 def measure_decode(models, inputs, new_tokens, device, repeats) -> dict[str, Any]:
-    """Decode tokens/s = (n - 1) / (t(generate n) - t(generate 1)), medians of alternated runs."""
+    """Decode tokens/s = (n - 1) / median over rounds of (t(generate n) - t(generate 1)), alternated runs."""
     generated = {}
 
     def gen(model, name, n):
@@ -360,7 +360,8 @@ def measure_decode(models, inputs, new_tokens, device, repeats) -> dict[str, Any
         samples = alternate(fns, repeats, device)
     out: dict[str, Any] = {"samples": samples, "new_tokens": new_tokens}
     for name in models:
-        decode_time = median(samples[f"{name}_n"]) - median(samples[f"{name}_1"])
+        # Paired per round (same load), then the median over rounds.
+        decode_time = median([n - one for n, one in zip(samples[f"{name}_n"], samples[f"{name}_1"])])
         out[f"{name}_decode_s"] = decode_time
         out[f"{name}_tokens_per_s"] = (new_tokens - 1) / decode_time
         out[f"{name}_generated_len"] = int(generated[name].shape[1])
