@@ -15,7 +15,7 @@ class DemoModelConfig:
     """Sizes of the demo model (defaults: about 1.3M parameters, fast on two CPU cores)."""
 
     image_size: int = 48
-    patch_size: int = 8
+    patch_size: int = 12  # 4x4 patches + CLS = 17 visual tokens
     vision_hidden: int = 64
     vision_layers: int = 3  # Parrot feeds layer -2 to the projector: 2 effective layers
     vision_heads: int = 4

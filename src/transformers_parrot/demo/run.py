@@ -46,7 +46,7 @@ class DemoSettings:
     output: str = "parrot-demo-output"
     seed: int = 0
     languages: tuple = LANGUAGES
-    stage1_steps: int = 30
+    stage1_steps: int = 10
     stage2_steps: int = 600
     batch_size: int = 32
     stage1_lr: float = 1e-3
@@ -58,7 +58,7 @@ class DemoSettings:
     mc_ratio: float = 0.75      # share of stage-2 samples in Parrot's multiple-choice format
     test_per_kind: int = 25     # held-out MC questions per kind and language (4 kinds)
     eval_batch_size: int = 64
-    threads: int | None = None
+    threads: int | None = 1    # one thread: on a busy 2-core box two OpenMP threads run ~5x slower
     progress: bool = True
     model: DemoModelConfig = field(default_factory=DemoModelConfig)
 
@@ -76,7 +76,7 @@ def set_determinism(seed: int, threads: int | None) -> None:
     import torch
 
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # 0/None: torch's default
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})")
     p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"stage-2 learning rate (default {d.stage2_lr})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default {d.threads}; 0: torch's choice)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds; accuracy is not the point)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
