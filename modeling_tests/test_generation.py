@@ -105,3 +105,19 @@ def test_pipeline_answers_chat_messages_in_six_languages(tiny):
             ids = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
         expected = processor.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
         assert answer.strip() == expected.strip(), lang
+
+
+def test_static_cache_generation_matches_dynamic_and_keeps_padding_out_of_routing(tiny):
+    """With a static cache `generate` passes 4-D masks; routing must still ignore the left padding."""
+    model, processor = tiny
+    batch = _prompt_batch(processor, ["en", "ru", "zh"])
+    assert (batch["attention_mask"] == 0).any()
+    router = []
+    hook = model.model.moe.register_forward_hook(lambda module, args, out: router.append(out[1].detach()))
+    try:
+        dynamic = _greedy(model, batch)
+        static = _greedy(model, batch, cache_implementation="static")
+    finally:
+        hook.remove()
+    torch.testing.assert_close(static, dynamic)
+    torch.testing.assert_close(router[1], router[0])

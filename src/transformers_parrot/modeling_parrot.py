@@ -42,6 +42,25 @@ _LANGUAGE_MODEL_KWARGS = (
 )
 
 
+def _attended_tokens(attention_mask, seq_len: int) -> torch.Tensor | None:
+    """(B, S) bool: which of the current S tokens are real (not padding), from any mask form transformers passes.
+
+    A 2-D padding mask is used as is (its last S columns); a 4-D mask (B, 1, S, K) — e.g. the dict of masks
+    `generate` builds for a static cache — marks a token real when it may attend to itself (pads attend to nothing).
+    Images are encoded at prefill, where the S current tokens are the first S keys. None: no padding information.
+    """
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values()), None))
+    if not isinstance(attention_mask, torch.Tensor):
+        return None
+    if attention_mask.ndim == 2:
+        return attention_mask[:, -seq_len:].bool()
+    if attention_mask.ndim == 4:
+        diagonal = torch.diagonal(attention_mask[:, 0, :seq_len, :seq_len], dim1=-2, dim2=-1)
+        return diagonal if diagonal.dtype == torch.bool else diagonal == 0  # additive float masks: 0 = attend
+    return None
+
+
 @dataclass
 class ParrotModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -378,8 +397,9 @@ class ParrotModel(ParrotPreTrainedModel):
         last_turn_start = torch.where(matches[0], positions, none).cummax(dim=1).values
         is_answer = last_header_end > last_turn_start
         guidance = ~image_mask & ~is_answer
-        if attention_mask is not None and attention_mask.ndim == 2:
-            guidance = guidance & attention_mask.bool()
+        attended = _attended_tokens(attention_mask, seq_len)
+        if attended is not None:
+            guidance = guidance & attended
         return guidance
 
     def forward(
