@@ -535,3 +535,18 @@ def test_image_failing_at_run_time_is_skipped(tmp_path, data_dir):
     assert ("tr", 1) not in pred.rows
     skipped = json.loads((tmp_path / "o" / "skipped.json").read_text(encoding="utf-8"))["mmmb"]
     assert any(s["index"] == 1 and "cannot be loaded" in s["reason"] for s in skipped)
+
+
+def test_several_language_files_of_one_benchmark_merge(tmp_path):
+    """`--benchmark x_en.tsv,x_cn.tsv` reports both languages (they share the benchmark name)."""
+    rows = lambda lang: [{"index": i, "question": f"q{i}", "A": "a", "B": "b", "answer": "A", "category": "c",
+                          "image": png_b64()} for i in range(3)]
+    paths = []
+    for code in ("en", "cn"):
+        path = tmp_path / f"bench_{code}.tsv"
+        pd.DataFrame(rows(code)).to_csv(path, sep="\t", index=False)
+        paths.append(str(path))
+    results = evaluate(predict_fn=lambda items: ["A"] * len(items), benchmark=paths, output_dir=tmp_path / "out",
+                       progress=False)
+    assert set(results["bench"]) == {"en", "zh"}
+    assert results["bench"]["en"]["overall"] == results["bench"]["zh"]["overall"] == 100.0

@@ -468,8 +468,11 @@ def evaluate(
         for b in all_bad:
             if b.language in LANGUAGES:
                 skipped_counts[b.language] = skipped_counts.get(b.language, 0) + 1
-        results[data.name] = score_benchmark(records, data.circular, skipped_counts, data.languages)
-        skipped_report[data.name] = [b.to_dict() for b in all_bad]
+        # Several files of one benchmark (e.g. `mmmb_en.tsv,mmmb_ar.tsv`) share its name: merge their languages.
+        results.setdefault(data.name, {}).update(
+            score_benchmark(records, data.circular, skipped_counts, data.languages)
+        )
+        skipped_report.setdefault(data.name, []).extend(b.to_dict() for b in all_bad)
         if all_bad:
             logger.warning(
                 "%s: skipped %d bad row(s): %s",
