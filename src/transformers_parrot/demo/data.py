@@ -138,22 +138,21 @@ def render(scene: Scene, size: int = 48) -> Image.Image:
     rng = random.Random(scene.seed)
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[scene.colour])
+    fill = COLOURS[scene.colour]
     if scene.count == 1:
-        r = size * rng.uniform(0.15, 0.2)
-        along = size / 2 + rng.uniform(-0.12, 0.12) * size
-        edge = size * 0.22
+        # large enough to span several patches of the small from-scratch vision tower
+        r = size * 0.28
+        along = size / 2 + rng.uniform(-0.05, 0.05) * size
+        edge = size * 0.27
         cx, cy = {"left": (edge, along), "right": (size - edge, along),
                   "top": (along, edge), "bottom": (along, size - edge)}[scene.position]
         _draw_shape(draw, scene.shape, cx, cy, r, fill)
         return image
-    cells = rng.sample(range(4), scene.count)
     half = size / 2
-    for cell in cells:
-        r = size * rng.uniform(0.13, 0.17)
-        cx = (cell % 2) * half + half / 2 + rng.uniform(-0.06, 0.06) * size
-        cy = (cell // 2) * half + half / 2 + rng.uniform(-0.06, 0.06) * size
-        _draw_shape(draw, scene.shape, cx, cy, r, fill)
+    for cell in rng.sample(range(4), scene.count):
+        cx = (cell % 2) * half + half / 2
+        cy = (cell // 2) * half + half / 2
+        _draw_shape(draw, scene.shape, cx, cy, size * 0.22, fill)
     return image
 
 
@@ -192,7 +191,7 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
     - ``stage1.json``: English captions of the first `stage1_samples` images (alignment data);
     - ``stage2.json``: `questions_per_image` questions per image, each in a random language of `languages` and of
       a random kind; a share `mc_ratio` are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
-      shuffled) answered with the letter, the rest short free-form answers in the question's language.
+      shuffled) answered with the right option's text, the rest short free-form answers in the question's language.
 
     Returns a summary (counts per language and kind)."""
     folder = Path(folder)
@@ -214,8 +213,11 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
             language = rng.choice(tuple(languages))
             kind = kinds[j % len(kinds)] if j < len(kinds) else rng.choice(kinds)
             if rng.random() < mc_ratio:
+                # Parrot's multiple-choice prompt, answered with the right option's text: a model this small
+                # learns the pictures in minutes but not the letter bookkeeping; parrot-eval scores an answer
+                # that names exactly one option's text as that option (VLMEvalKit's rule).
                 question, options, letter = mc_item(rng, scene, kind, language)
-                prompt, answer, style = build_prompt(question, options, language), letter, "mc"
+                prompt, answer, style = build_prompt(question, options, language), options[letter], "mc"
             else:
                 prompt, answer, style = QUESTIONS[language][kind], word(language, scene.value(kind)), "free"
             stage2.append({"id": f"q{i}-{j}", "image": name, "language": language, "kind": kind, "style": style,
