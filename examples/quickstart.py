@@ -3,6 +3,7 @@ MoE routes each language.
 
     python examples/quickstart.py                       # a tiny random Parrot, built offline in seconds
     python examples/quickstart.py --model PATH_OR_ID    # a real (converted) checkpoint, e.g. your Parrot-7B repo
+    python examples/quickstart.py --train               # = parrot-demo: train a small Parrot, evaluate, plot
 
 The tiny model is untrained: its answers are noise, the point is the whole path (processor, chat template,
 routing, generation) running end to end. See `parrot-demo` for a small model trained to answer correctly.
@@ -36,7 +37,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--train", action="store_true", help="run parrot-demo (its defaults) instead")
     args = parser.parse_args()
+    if args.train:
+        from transformers_parrot.demo.run import main as demo_main
+
+        raise SystemExit(demo_main([]))
 
     if args.model:
         dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
