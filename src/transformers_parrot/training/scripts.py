@@ -157,7 +157,6 @@ def sft_main(argv: list[str] | None = None, mlan: bool = False, before_train=Non
     `before_train(trainer)` runs just before training (attach callbacks, probes, ...)."""
     from trl import SFTConfig
 
-    from .builder import save_merged
     from .recipes import ParrotSFTTrainer, check_max_length, setup_stage
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -205,16 +204,8 @@ def sft_main(argv: list[str] | None = None, mlan: bool = False, before_train=Non
         peft_config=peft_config, multimodal_lr=script_args.multimodal_lr,
     )
     trainer.parrot_data_report = report
-    if before_train is not None:
-        before_train(trainer)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    _train_and_save(trainer, processor, training_args, model_args, script_args, before_train)
     logger.info("training data: %s", report.summary())
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-        if model_args.use_peft and script_args.merge_lora:
-            save_merged(trainer.accelerator.unwrap_model(trainer.model), processor,
-                        os.path.join(training_args.output_dir, "merged"))
     return trainer
 
 
@@ -225,7 +216,6 @@ def dpo_main(argv: list[str] | None = None, before_train=None):
 
     from trl import DPOConfig
 
-    from .builder import save_merged
     from .recipes import ParrotDPOTrainer, check_max_length, setup_stage
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -249,6 +239,14 @@ def dpo_main(argv: list[str] | None = None, before_train=None):
         model=model, ref_model=ref_model, args=training_args, train_dataset=train_dataset,
         processing_class=processor, peft_config=peft_config, multimodal_lr=script_args.multimodal_lr,
     )
+    _train_and_save(trainer, processor, training_args, model_args, script_args, before_train)
+    return trainer
+
+
+def _train_and_save(trainer, processor, training_args, model_args, script_args, before_train) -> None:
+    """Train (resuming when asked), save model + processor, and merge LoRA adapters into `merged/` if asked."""
+    from .builder import save_merged
+
     if before_train is not None:
         before_train(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -258,7 +256,6 @@ def dpo_main(argv: list[str] | None = None, before_train=None):
         if model_args.use_peft and script_args.merge_lora:
             save_merged(trainer.accelerator.unwrap_model(trainer.model), processor,
                         os.path.join(training_args.output_dir, "merged"))
-    return trainer
 
 
 def load_preference_data(script_args):
