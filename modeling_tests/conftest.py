@@ -63,3 +63,11 @@ def chat(question: str, answer: str | None = None, n_images: int = 1) -> list[di
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that run the demo or trainers may change torch's thread count; later tests compare bitwise results."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

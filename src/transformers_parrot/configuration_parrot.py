@@ -7,8 +7,10 @@ published as Hub remote code, so it imports nothing but ``transformers``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import transformers
 from transformers import AutoConfig, CLIPVisionConfig, Qwen2Config
 
 try:  # transformers >= 5
@@ -16,6 +18,8 @@ try:  # transformers >= 5
 except ImportError:  # transformers 4.x
     from transformers import PretrainedConfig as _BaseConfig
 
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 # CLIP ViT-L/14 at 336 px, the vision tower of every released Parrot.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -61,6 +65,10 @@ def _as_config(value: Any, default: dict[str, Any]):
     if isinstance(value, dict):
         value = dict(value)
         model_type = value.pop("model_type", default["model_type"])
+        if _TRANSFORMERS_MAJOR >= 5 and isinstance(value.get("rope_parameters"), dict):
+            # the 4.x copies written by `_with_legacy_rope`: 5.x reads `rope_parameters`
+            value.pop("rope_theta", None)
+            value.pop("rope_scaling", None)
         return AutoConfig.for_model(model_type, **value)
     return value
 
@@ -182,11 +190,10 @@ class ParrotConfig(_BaseConfig):
             return None
         return (image_size // patch_size) ** 2 + (1 if strategy == "full" else 0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _with_legacy_rope(super().to_dict())
-
-    def to_diff_dict(self) -> dict[str, Any]:
-        return _with_legacy_rope(super().to_diff_dict())
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """As transformers writes it, plus the LLM's RoPE settings in the 4.x form (see `_with_legacy_rope`)."""
+        return json.dumps(_with_legacy_rope(json.loads(super().to_json_string(use_diff))), indent=2,
+                          sort_keys=True) + "\n"
 
     @property
     def im_start_token_id(self) -> int:
