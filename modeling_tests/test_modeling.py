@@ -258,6 +258,46 @@ def test_gradient_checkpointing_gives_same_gradients():
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def test_text_only_batch_touches_multimodal_parameters_only_in_distributed_training(monkeypatch):
+    """A text-only batch in multi-process training gives every vision/projector/MoE parameter a zero gradient (so
+    DDP without find_unused_parameters and FSDP/ZeRO-3 ranks stay in step) and leaves the loss unchanged;
+    single-process training and inference do not pay for it."""
+    import transformers_parrot.modeling_parrot as modeling
+
+    model, processor = tiny_model(seed=3)
+    model.train()
+    batch = processor(text=[prompt_text(processor, QUESTIONS["tr"], "Merhaba.", n_images=0)], return_tensors="pt")
+    multimodal = ("model.vision_tower.", "model.multi_modal_projector.", "model.moe.")
+
+    def run(inputs=batch):
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if n.startswith(multimodal)}
+
+    image_batch = processor(text=[prompt_text(processor, QUESTIONS["tr"], "Merhaba.")], images=[make_image()],
+                            return_tensors="pt")
+    used_with_image = {name for name, grad in run(image_batch)[1].items() if grad is not None}
+    single_loss, single_grads = run()
+    assert all(grad is None for grad in single_grads.values())
+    monkeypatch.setattr(modeling, "_distributed_world_size", lambda: 2)
+    calls = []
+    model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    dist_loss, dist_grads = run()
+    assert calls == [1]
+    assert torch.equal(dist_loss, single_loss)
+    # exactly the parameters an image batch uses (the tower's layers after vision_feature_layer never get one)
+    assert {name for name, grad in dist_grads.items() if grad is not None} == used_with_image
+    assert len(used_with_image) > 10 and "model.moe.experts.gate_up_proj" in used_with_image
+    for name in used_with_image:
+        assert not dist_grads[name].any(), name
+    with torch.no_grad():  # inference never runs it, distributed or not
+        model(**batch)
+    model.eval()
+    model(**batch)
+    assert calls == [1]
+
+
 @pytest.mark.compat
 def test_from_pretrained_dtype_and_safetensors(tmp_path, tiny):
     model, processor = tiny

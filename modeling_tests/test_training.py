@@ -7,6 +7,7 @@ Every recipe runs a few optimizer steps through the real TRL trainer via the exa
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,11 @@ pytest.importorskip("datasets")
 
 from PIL import Image  # noqa: E402
 
-from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor  # noqa: E402
+from transformers_parrot import (  # noqa: E402
+    ParrotForConditionalGeneration,
+    ParrotPreTrainedModel,
+    ParrotProcessor,
+)
 from transformers_parrot.assets.build_tiny_tokenizer import write_tokenizer  # noqa: E402
 from transformers_parrot.tiny import TINY_VISION_CONFIG  # noqa: E402
 from transformers_parrot.training import (  # noqa: E402
@@ -368,31 +373,81 @@ def test_max_length_never_cuts_images():
 
 
 # ---------------------------------------------------------------------------------------------- distributed
-def test_two_process_ddp(workdir, tmp_path):
-    out = tmp_path / "ddp"
-    worker = REPO / "modeling_tests" / "ddp_sft_worker.py"
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
-            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir", str(out),
-            "--max_steps", "3", "--learning_rate", "1e-3", *COMMON]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _free_port() -> str:
     import socket
 
     with socket.socket() as sock:  # a free port, so parallel test runs do not collide
         sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+        return str(sock.getsockname()[1])
+
+
+def _run_two_processes(workdir, out: Path, extra: list[str]) -> tuple[dict, dict]:
+    worker = REPO / "modeling_tests" / "ddp_sft_worker.py"
+    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
+            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir", str(out),
+            "--max_steps", "3", "--learning_rate", "1e-3", *COMMON, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    port = _free_port()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                str(worker), *argv]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert rank0["world_size"] == rank1["world_size"] == 2
-    assert rank0["global_step"] == 3
+    assert rank0["global_step"] == rank1["global_step"] == 3
+    return rank0, rank1
+
+
+def test_two_process_ddp(workdir, tmp_path):
+    """Strict DDP (no unused-parameter search, as with gradient checkpointing) on mixed visual/text-only data with
+    one sample per rank, so some steps give one rank an image and the other none."""
+    rank0, rank1 = _run_two_processes(workdir, tmp_path / "ddp", ["--ddp_find_unused_parameters", "False",
+                                                                   "--per_device_train_batch_size", "1"])
+    assert rank0["mixed_steps"] == rank1["mixed_steps"] > 0
     before = _load_state(workdir)
     changed = False
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
         changed |= not torch.equal(value, before[name])
     assert changed
+
+
+def test_fsdp2_wraps_no_split_modules_and_survives_mixed_modality_ranks(workdir, tmp_path):
+    """FSDP2 over `_no_split_modules` (CPU, gloo) with an image sample on rank 0 and a text-only one on rank 1:
+    no rank waits on an all-gather the other never issues, every block is its own FSDP unit, and the sharded
+    run ends at the weights of one process averaging the two samples' gradients (an independent computation)."""
+    from fsdp2_worker import LR, STEPS, rank_batches
+
+    port = _free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               str(REPO / "modeling_tests" / "fsdp2_worker.py"), str(workdir / "parrot"), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    fsdp = torch.load(tmp_path / "fsdp2.pt")
+
+    model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot", use_moe=True)
+    expected = sorted(type(m).__name__ for m in model.modules() if type(m).__name__ in model._no_split_modules)
+    assert {"ParrotMultilingualMoE", "Qwen2DecoderLayer", "CLIPEncoderLayer"} <= set(expected)
+    assert fsdp["wrapped"] == sorted([*expected, "ParrotForConditionalGeneration"])
+
+    batches = rank_batches(ParrotProcessor.from_pretrained(workdir / "parrot"))
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    for step in range(STEPS):
+        losses = [model(**b, labels=b["input_ids"]).loss for b in batches]
+        (sum(losses) / len(losses)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        for rank, loss in enumerate(losses):
+            assert math.isclose(loss.item(), fsdp["losses"][rank][step], rel_tol=1e-5), (rank, step)
+    reference = model.state_dict()
+    assert set(fsdp["state"]) == set(reference)
+    for name, value in fsdp["state"].items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    before = _load_state(workdir)
+    changed = [n for n in reference if not torch.equal(reference[n], before[n])]
+    assert any(n.startswith("model.moe.") for n in changed) and any("language_model" in n for n in changed)
 
 
 def test_router_probe_catches_answer_leak(workdir, monkeypatch):

@@ -42,6 +42,13 @@ _LANGUAGE_MODEL_KWARGS = (
 )
 
 
+def _distributed_world_size() -> int:
+    """Number of processes of the default process group (1 when torch.distributed is not initialised)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 def _attended_tokens(attention_mask, seq_len: int) -> torch.Tensor | None:
     """(B, S) bool: which of the current S tokens are real (not padding), from any mask form transformers passes.
 
@@ -321,6 +328,23 @@ class ParrotModel(ParrotPreTrainedModel):
         )
         return output if self._use_return_dict(return_dict) else output.to_tuple()
 
+    def _multimodal_zero(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """A zero-valued scalar that depends on every vision-tower, projector and MoE parameter.
+
+        Added to a text-only batch in distributed training, so every rank runs the same modules whatever its
+        share of the batch holds: DDP without `find_unused_parameters` sees every parameter used, and FSDP /
+        DeepSpeed ZeRO-3 ranks do not wait forever on an all-gather that a text-only rank never issues. Costs one
+        blank image through the vision tower; numerically the loss is unchanged (the gradients it adds are 0).
+        """
+        size = self.config.vision_config.image_size
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        blank = inputs_embeds.new_zeros(1, channels, size, size)
+        features = self.get_image_features(blank, return_dict=True).pooler_output.to(inputs_embeds.dtype)
+        if self.config.use_moe:
+            features, _ = self.moe(features, features[:, :1], features.new_ones(1, 1, dtype=torch.bool),
+                                   torch.zeros(1, dtype=torch.long, device=features.device))
+        return features.sum() * 0.0
+
     def _use_return_dict(self, return_dict: bool | None) -> bool:
         return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
 
@@ -438,13 +462,16 @@ class ParrotModel(ParrotPreTrainedModel):
                     image_features, inputs_embeds, guidance_mask, image_to_sample
                 )
             inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
-        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
-            n_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_tokens:
-                raise ValueError(
-                    f"The input holds {n_tokens} image tokens but no pixel_values were given; pass the images "
-                    "the processor expanded them for."
-                )
+        else:
+            if input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+                n_tokens = int((input_ids == self.config.image_token_id).sum())
+                if n_tokens:
+                    raise ValueError(
+                        f"The input holds {n_tokens} image tokens but no pixel_values were given; pass the images "
+                        "the processor expanded them for."
+                    )
+            if self.training and torch.is_grad_enabled() and _distributed_world_size() > 1:
+                inputs_embeds = inputs_embeds + self._multimodal_zero(inputs_embeds)
 
         language_kwargs = {key: kwargs[key] for key in _LANGUAGE_MODEL_KWARGS if key in kwargs}
         # Unset flags are left out so the LLM falls back to its own config, as transformers models do.
