@@ -242,7 +242,8 @@ def test_converted_folder_layout_and_config(converted, original_tokenizer):
         gate_up = state["model.moe.experts.gate_up_proj"][e]
         assert torch.equal(gate_up[:MOE_INTER], orig[f"model.moe_model.experts.{e}.gate_proj.weight"])
         assert torch.equal(gate_up[MOE_INTER:], orig[f"model.moe_model.experts.{e}.up_proj.weight"])
-        assert torch.equal(state["model.moe.experts.down_proj"][e], orig[f"model.moe_model.experts.{e}.down_proj.weight"])
+        assert torch.equal(state["model.moe.experts.down_proj"][e],
+                           orig[f"model.moe_model.experts.{e}.down_proj.weight"].T)
     assert torch.equal(state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
                        orig["model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"])
     generation = json.loads((out / "generation_config.json").read_text())

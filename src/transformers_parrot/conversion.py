@@ -379,8 +379,8 @@ def build_plan(model_state: dict[str, torch.Tensor], num_experts: int, vocab_row
                     key = f"model.moe_model.experts.{e}.{proj}.weight"
                     plan[key] = Piece(key, target, (two_i // 2, d), e, proj)
             continue
-        if target == "model.moe.experts.down_proj":
-            _, d, i = shape
+        if target == "model.moe.experts.down_proj":  # stacked input-major (E, I, D); the original is (D, I)
+            _, i, d = shape
             for e in range(num_experts):
                 key = f"model.moe_model.experts.{e}.down_proj.weight"
                 plan[key] = Piece(key, target, (d, i), e, "down_proj")
@@ -542,7 +542,7 @@ def stream_weights(source: OriginalCheckpoint, plan: dict[str, Piece], writer: S
                     stacked = torch.stack([torch.cat([parts[(e, "gate_proj")], parts[(e, "up_proj")]], dim=0)
                                            for e in range(num_experts)])
                 else:
-                    stacked = torch.stack([parts[(e, "down_proj")] for e in range(num_experts)])
+                    stacked = torch.stack([parts[(e, "down_proj")].T for e in range(num_experts)])
                 del pending[piece.target]
                 parts.clear()
                 writer.add(piece.target, stacked)

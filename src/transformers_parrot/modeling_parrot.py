@@ -120,9 +120,11 @@ class ParrotMultiModalProjector(nn.Module):
 
 
 class ParrotExperts(nn.Module):
-    """E SwiGLU experts E_e(x) = W_down,e (silu(W_gate,e x) ⊙ W_up,e x), stored stacked as in Mixtral.
+    """E SwiGLU experts E_e(x) = W_down,e (silu(W_gate,e x) ⊙ W_up,e x), stored stacked as 3D weights.
 
-    `gate_up_proj` is (E, 2I, D) with the gate rows first, `down_proj` is (E, D, I): no biases.
+    `gate_up_proj` is (E, 2I, D) (each expert's gate rows, then its up rows: `nn.Linear` orientation) and
+    `down_proj` is (E, I, D) (input-major, as GPT-OSS and Llama 4 store it), so both flatten to 2-D matrices without
+    a copy: all experts are one matmul in and one matmul out. No biases.
     """
 
     def __init__(self, config: ParrotConfig):
@@ -131,30 +133,44 @@ class ParrotExperts(nn.Module):
         self.hidden_dim = config.text_config.hidden_size
         self.intermediate_dim = config.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
-        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.intermediate_dim, self.hidden_dim))
         self.act_fn = nn.SiLU()
 
-    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """(..., k, 2I) → (..., k, I)."""
+    def _weighted_swiglu(self, gate_up: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """w_e · silu(gate) ⊙ up: gate_up (N, L, k, 2I), weights (N, k) → (N, L, k, I)."""
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.act_fn(gate) * up
+        weights = weights[:, None, :, None].to(gate_up.dtype)
+        if torch.is_grad_enabled() and gate_up.requires_grad:
+            return self.act_fn(gate) * up * weights
+        activated = self.act_fn(gate)  # inference: one new tensor, the products in place
+        return activated.mul_(up).mul_(weights)
 
-    def forward(self, hidden_states: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        """Dense mixture Σ_e w_e E_e(x) as two matmuls over all experts at once.
+    def forward(
+        self, hidden_states: torch.Tensor, routing_weights: torch.Tensor, residual_weight: float = 0.0
+    ) -> torch.Tensor:
+        """Dense mixture residual_weight · x + Σ_e w_e E_e(x) as two matmuls over all experts at once.
 
         hidden_states (N, L, D), routing_weights (N, E) → (N, L, D).
         """
         num_images, seq_len, hidden = hidden_states.shape
         num_experts, inter = self.num_experts, self.intermediate_dim
         gate_up = F.linear(hidden_states, self.gate_up_proj.reshape(num_experts * 2 * inter, hidden))
-        activated = self._swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter))
-        # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,eᵀ.
-        activated = activated * routing_weights[:, None, :, None].to(activated.dtype)
-        down = self.down_proj.transpose(1, 2).reshape(num_experts * inter, hidden)
-        return activated.reshape(num_images, seq_len, num_experts * inter) @ down
+        # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,e.
+        activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter), routing_weights)
+        mixed = torch.addmm(
+            hidden_states.reshape(num_images * seq_len, hidden),
+            activated.reshape(num_images * seq_len, num_experts * inter),
+            self.down_proj.reshape(num_experts * inter, hidden),
+            beta=residual_weight,
+        )
+        return mixed.view(num_images, seq_len, hidden)
 
     def forward_top_k(
-        self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        expert_index: torch.Tensor,
+        routing_weights: torch.Tensor,
+        residual_weight: float = 0.0,
     ) -> torch.Tensor:
         """Sparse mixture over each image's k chosen experts only (batched matmuls, no Python loop).
 
@@ -164,10 +180,11 @@ class ParrotExperts(nn.Module):
         top_k, inter = expert_index.shape[1], self.intermediate_dim
         gate_up_weight = self.gate_up_proj[expert_index].reshape(num_images, top_k * 2 * inter, hidden)
         gate_up = torch.bmm(hidden_states, gate_up_weight.transpose(1, 2))
-        activated = self._swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter))
-        activated = activated * routing_weights[:, None, :, None].to(activated.dtype)
-        down = self.down_proj[expert_index].transpose(2, 3).reshape(num_images, top_k * inter, hidden)
-        return torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
+        activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter), routing_weights)
+        down = self.down_proj[expert_index].reshape(num_images, top_k * inter, hidden)
+        return torch.baddbmm(
+            hidden_states, activated.reshape(num_images, seq_len, top_k * inter), down, beta=residual_weight
+        )
 
 
 class ParrotMultilingualMoE(nn.Module):
@@ -217,12 +234,12 @@ class ParrotMultilingualMoE(nn.Module):
         router_logits = self.gate(guidance.to(self.gate.weight.dtype))
         routing_weights = torch.softmax(router_logits, dim=-1).to(image_features.dtype)
         if self.top_k is None or self.top_k == self.num_experts:
-            mixed = self.experts(image_features, routing_weights)
+            mixed = self.experts(image_features, routing_weights, self.residual_weight)
         else:
             top_weights, top_index = routing_weights.topk(self.top_k, dim=-1)
             top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
-            mixed = self.experts.forward_top_k(image_features, top_index, top_weights)
-        return mixed + self.residual_weight * image_features, router_logits
+            mixed = self.experts.forward_top_k(image_features, top_index, top_weights, self.residual_weight)
+        return mixed, router_logits
 
 
 class ParrotPreTrainedModel(PreTrainedModel):
