@@ -148,7 +148,7 @@ class ParrotExperts(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, routing_weights: torch.Tensor, residual_weight: float = 0.0
     ) -> torch.Tensor:
-        """Dense mixture residual_weight · x + Σ_e w_e E_e(x) as two matmuls over all experts at once.
+        """Dense mixture Σ_e w_e E_e(x) + residual_weight · x, two matmuls over all experts at once.
 
         hidden_states (N, L, D), routing_weights (N, E) → (N, L, D).
         """
@@ -157,13 +157,8 @@ class ParrotExperts(nn.Module):
         gate_up = F.linear(hidden_states, self.gate_up_proj.reshape(num_experts * 2 * inter, hidden))
         # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,e.
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter), routing_weights)
-        mixed = torch.addmm(
-            hidden_states.reshape(num_images * seq_len, hidden),
-            activated.reshape(num_images * seq_len, num_experts * inter),
-            self.down_proj.reshape(num_experts * inter, hidden),
-            beta=residual_weight,
-        )
-        return mixed.view(num_images, seq_len, hidden)
+        mixed = activated.reshape(num_images, seq_len, num_experts * inter) @ self.down_proj.reshape(-1, hidden)
+        return mixed + residual_weight * hidden_states if residual_weight else mixed
 
     def forward_top_k(
         self,
@@ -182,9 +177,8 @@ class ParrotExperts(nn.Module):
         gate_up = torch.bmm(hidden_states, gate_up_weight.transpose(1, 2))
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter), routing_weights)
         down = self.down_proj[expert_index].reshape(num_images, top_k * inter, hidden)
-        return torch.baddbmm(
-            hidden_states, activated.reshape(num_images, seq_len, top_k * inter), down, beta=residual_weight
-        )
+        mixed = torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
+        return mixed + residual_weight * hidden_states if residual_weight else mixed
 
 
 class ParrotMultilingualMoE(nn.Module):
@@ -279,7 +273,11 @@ class ParrotPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, ParrotExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
-            init.normal_(module.down_proj, mean=0.0, std=std)
+            if not getattr(module.down_proj, "_is_hf_initialized", False):
+                # drawn per expert in nn.Linear (D, I) order, stored (I, D): the same values as an (E, D, I) layout
+                draw = module.down_proj.new_empty(module.num_experts, module.hidden_dim, module.intermediate_dim)
+                with torch.no_grad():
+                    module.down_proj.copy_(draw.normal_(mean=0.0, std=std).transpose(1, 2))
         elif isinstance(module, nn.Linear) and isinstance(module.weight, nn.Parameter):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
