@@ -381,17 +381,20 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def _run_two_processes(workdir, out: Path, extra: list[str]) -> tuple[dict, dict]:
-    worker = REPO / "modeling_tests" / "ddp_sft_worker.py"
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
-            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir", str(out),
-            "--max_steps", "3", "--learning_rate", "1e-3", *COMMON, *extra]
+def _torchrun(worker: str, argv: list[str]) -> None:
+    """Run modeling_tests/<worker> in 2 CPU processes (gloo) and fail with its stderr if it fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
+               str(REPO / "modeling_tests" / worker), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    port = _free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               str(worker), *argv]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _run_two_processes(workdir, out: Path, extra: list[str]) -> tuple[dict, dict]:
+    _torchrun("ddp_sft_worker.py", [
+        "--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "mixed.json"),
+        "--image_folders", str(workdir / "images"), "--output_dir", str(out), "--max_steps", "3",
+        "--learning_rate", "1e-3", *COMMON, *extra])
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["global_step"] == rank1["global_step"] == 3
@@ -418,12 +421,7 @@ def test_fsdp2_wraps_no_split_modules_and_survives_mixed_modality_ranks(workdir,
     run ends at the weights of one process averaging the two samples' gradients (an independent computation)."""
     from fsdp2_worker import LR, STEPS, rank_batches
 
-    port = _free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               str(REPO / "modeling_tests" / "fsdp2_worker.py"), str(workdir / "parrot"), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    _torchrun("fsdp2_worker.py", [str(workdir / "parrot"), str(tmp_path)])
     fsdp = torch.load(tmp_path / "fsdp2.pt")
 
     model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot", use_moe=True)
@@ -473,8 +471,6 @@ def test_router_probe_catches_answer_leak(workdir, monkeypatch):
 
 def test_accelerate_configs():
     import yaml
-
-    from transformers_parrot.modeling_parrot import ParrotPreTrainedModel
 
     configs = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "examples" / "accelerate").glob("*.yaml")}
     assert set(configs) >= {"ddp", "zero2", "zero3", "fsdp2"}

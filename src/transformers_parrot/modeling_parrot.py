@@ -145,10 +145,8 @@ class ParrotExperts(nn.Module):
         activated = self.act_fn(gate)  # inference: one new tensor, the products in place
         return activated.mul_(up).mul_(weights)
 
-    def forward(
-        self, hidden_states: torch.Tensor, routing_weights: torch.Tensor, residual_weight: float = 0.0
-    ) -> torch.Tensor:
-        """Dense mixture Σ_e w_e E_e(x) + residual_weight · x, two matmuls over all experts at once.
+    def forward(self, hidden_states: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """Dense mixture Σ_e w_e E_e(x) as two matmuls over all experts at once.
 
         hidden_states (N, L, D), routing_weights (N, E) → (N, L, D).
         """
@@ -157,15 +155,10 @@ class ParrotExperts(nn.Module):
         gate_up = F.linear(hidden_states, self.gate_up_proj.reshape(num_experts * 2 * inter, hidden))
         # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,e.
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter), routing_weights)
-        mixed = activated.reshape(num_images, seq_len, num_experts * inter) @ self.down_proj.reshape(-1, hidden)
-        return mixed + residual_weight * hidden_states if residual_weight else mixed
+        return activated.reshape(num_images, seq_len, num_experts * inter) @ self.down_proj.reshape(-1, hidden)
 
     def forward_top_k(
-        self,
-        hidden_states: torch.Tensor,
-        expert_index: torch.Tensor,
-        routing_weights: torch.Tensor,
-        residual_weight: float = 0.0,
+        self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
     ) -> torch.Tensor:
         """Sparse mixture over each image's k chosen experts only (batched matmuls, no Python loop).
 
@@ -177,8 +170,7 @@ class ParrotExperts(nn.Module):
         gate_up = torch.bmm(hidden_states, gate_up_weight.transpose(1, 2))
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter), routing_weights)
         down = self.down_proj[expert_index].reshape(num_images, top_k * inter, hidden)
-        mixed = torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
-        return mixed + residual_weight * hidden_states if residual_weight else mixed
+        return torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
 
 
 class ParrotMultilingualMoE(nn.Module):
@@ -228,12 +220,12 @@ class ParrotMultilingualMoE(nn.Module):
         router_logits = self.gate(guidance.to(self.gate.weight.dtype))
         routing_weights = torch.softmax(router_logits, dim=-1).to(image_features.dtype)
         if self.top_k is None or self.top_k == self.num_experts:
-            mixed = self.experts(image_features, routing_weights, self.residual_weight)
+            mixed = self.experts(image_features, routing_weights)
         else:
             top_weights, top_index = routing_weights.topk(self.top_k, dim=-1)
             top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
-            mixed = self.experts.forward_top_k(image_features, top_index, top_weights, self.residual_weight)
-        return mixed, router_logits
+            mixed = self.experts.forward_top_k(image_features, top_index, top_weights)
+        return mixed + self.residual_weight * image_features, router_logits
 
 
 class ParrotPreTrainedModel(PreTrainedModel):
@@ -351,9 +343,7 @@ class ParrotModel(ParrotPreTrainedModel):
         DeepSpeed ZeRO-3 ranks do not wait forever on an all-gather that a text-only rank never issues. Costs one
         blank image through the vision tower; numerically the loss is unchanged (the gradients it adds are 0).
         """
-        size = self.config.vision_config.image_size
-        channels = getattr(self.config.vision_config, "num_channels", 3)
-        blank = inputs_embeds.new_zeros(1, channels, size, size)
+        blank = inputs_embeds.new_zeros(1, *self._pixel_shape())
         features = self.get_image_features(blank, return_dict=True).pooler_output.to(inputs_embeds.dtype)
         if self.config.use_moe:
             features, _ = self.moe(features, features[:, :1], features.new_ones(1, 1, dtype=torch.bool),
@@ -363,9 +353,13 @@ class ParrotModel(ParrotPreTrainedModel):
     def _use_return_dict(self, return_dict: bool | None) -> bool:
         return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    def _pixel_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one preprocessed image."""
         size = self.config.vision_config.image_size
-        channels = getattr(self.config.vision_config, "num_channels", 3)
+        return getattr(self.config.vision_config, "num_channels", 3), size, size
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        channels, size, _ = self._pixel_shape()
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
             raise ValueError(
                 f"pixel_values must have shape (num_images, {channels}, {size}, {size}), got "
