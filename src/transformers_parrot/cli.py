@@ -24,3 +24,10 @@ def demo_main() -> None:
     from .demo.run import main
 
     sys.exit(main())
+
+
+def chat_main() -> None:
+    """``parrot-chat``: see ``transformers_parrot.chat.cli``."""
+    from .chat.cli import main
+
+    sys.exit(main())
