@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 
 import pytest
 import torch
@@ -121,3 +123,60 @@ def test_static_cache_generation_matches_dynamic_and_keeps_padding_out_of_routin
         hook.remove()
     torch.testing.assert_close(static, dynamic)
     torch.testing.assert_close(router[1], router[0])
+
+
+@pytest.mark.compat
+def test_no_deprecation_warnings_from_parrot(tiny, tmp_path):
+    """Forward, generate, pipeline, save and reload on the installed transformers: no FutureWarning or
+    DeprecationWarning (the `warnings` module) and no deprecation message on transformers' logger."""
+    model, processor = tiny
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    library_logger = transformers.utils.logging.get_logger("transformers")
+    library_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch = _prompt_batch(processor, ["tr", "zh"])
+            with torch.no_grad():
+                model(**batch, output_router_logits=True)
+            _greedy(model, batch)
+            pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
+            content = [{"type": "image", "image": make_image(3)}, {"type": "text", "text": QUESTIONS["ar"]}]
+            pipe(text=[{"role": "user", "content": content}], max_new_tokens=3, generate_kwargs={"do_sample": False})
+            model.save_pretrained(tmp_path)
+            processor.save_pretrained(tmp_path)
+            reloaded = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path)
+            transformers.AutoProcessor.from_pretrained(tmp_path)
+            _greedy(reloaded, batch)
+    finally:
+        library_logger.removeHandler(handler)
+    deprecations = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert deprecations == []
+    assert [m for m in messages if "deprecat" in m.lower()] == []
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_callers_may_pass_either_cache_name(tiny, name):
+    """Decoding step by step with the cache passed by hand, under the new name (5.24+) or the old one."""
+    from transformers_parrot._compat import CACHE_KWARG
+
+    if name != CACHE_KWARG and CACHE_KWARG == "past_key_values":
+        pytest.skip("`cache` is not a transformers name before 5.24")
+    model, processor = tiny
+    batch = _prompt_batch(processor, ["pt"])
+    expected = _greedy(model, batch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old name is deprecated on 5.24+
+        out = model(**batch, use_cache=True)
+        cache, tokens = out[CACHE_KWARG], [out.logits[:, -1].argmax(-1)]
+        mask = batch["attention_mask"]
+        for _ in range(expected.shape[1] - 1):
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = model(input_ids=tokens[-1][:, None], attention_mask=mask, use_cache=True, **{name: cache})
+            cache = out[CACHE_KWARG]
+            tokens.append(out.logits[:, -1].argmax(-1))
+    assert torch.equal(torch.stack(tokens, dim=1), expected)

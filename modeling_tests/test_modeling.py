@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import QUESTIONS, chat, make_image, sharpen_routing
 
 from transformers_parrot import ParrotConfig, ParrotForConditionalGeneration
+from transformers_parrot._compat import enable_checkpointing
 from transformers_parrot.tiny import tiny_model
 
 
@@ -248,7 +249,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     for checkpointing in (False, True):
         trained = copy.deepcopy(model).train()
         if checkpointing:
-            trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(trained, use_reentrant=False)
             assert trained.model.language_model.gradient_checkpointing
         trained(**batch, labels=batch["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in trained.named_parameters() if p.grad is not None})

@@ -1,8 +1,9 @@
 """Hub publishing: a saved folder loads with `trust_remote_code=True` in a process where `transformers_parrot` is NOT
 importable, through the Auto classes and `pipeline`, with logits identical to the package's model.
 
-With `PARROT_OTHER_PYTHON` set to the interpreter of a venv on the other transformers major (`.ci/run` sets it),
-the same folder is also loaded there (saved on 5.x → loaded on 4.57 and the reverse).
+With `PARROT_OTHER_PYTHONS` set to interpreters of venvs with other transformers releases (`os.pathsep`-separated;
+`.ci/run` sets 4.57.x, 5.23.x and the newest release on PyPI), the same folder is also loaded and generated from
+there (saved on 5.x → loaded on 4.57 and the reverse).
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ batch = processor(text=[text], images=[image], return_tensors="pt")
 with torch.no_grad():
     logits = model(**batch).logits
     hidden = base(**batch).last_hidden_state
+    generated = model.generate(**batch, max_new_tokens=8, do_sample=False)
 pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
 chat = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": sys.argv[3]}]}]
 reply = pipe(text=chat, max_new_tokens=4, generate_kwargs={"do_sample": False})[0]["generated_text"]
-torch.save({"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"]}, out)
+torch.save({"logits": logits, "hidden": hidden, "input_ids": batch["input_ids"], "generated": generated}, out)
 print(json.dumps({
     "version": transformers.__version__,
     "classes": [type(model).__module__, type(base).__name__, type(config).__module__, type(processor).__module__],
@@ -64,8 +66,11 @@ print(json.dumps({
 
 def _pythons():
     yield pytest.param(sys.executable, id="same-version")
-    other = os.environ.get("PARROT_OTHER_PYTHON")
-    yield pytest.param(other, id="other-major", marks=pytest.mark.skipif(not other, reason="PARROT_OTHER_PYTHON unset"))
+    others = [p for p in os.environ.get("PARROT_OTHER_PYTHONS", "").split(os.pathsep) if p]
+    for index, other in enumerate(others):
+        yield pytest.param(other, id=f"other-{index}")
+    if not others:
+        yield pytest.param(None, id="other", marks=pytest.mark.skip(reason="PARROT_OTHER_PYTHONS unset"))
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +136,8 @@ def test_remote_code_loads_without_the_package(python, saved_repo, published, tm
     assert torch.equal(remote["input_ids"], batch["input_ids"])
     with torch.no_grad():
         logits = model(**batch).logits
+        generated = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert torch.equal(remote["generated"], generated), (report["version"], remote["generated"], generated)
     if report["version"] == transformers.__version__:
         # bitwise equal in a fresh test process; after other tests have reshaped torch's CPU thread pools the
         # matmul reduction order can differ in the last float32 bit (measured 6e-8)

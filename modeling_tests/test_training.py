@@ -28,6 +28,7 @@ from transformers_parrot import (  # noqa: E402
     ParrotPreTrainedModel,
     ParrotProcessor,
 )
+from transformers_parrot._compat import CHECKPOINTING_ARG  # noqa: E402
 from transformers_parrot.assets.build_tiny_tokenizer import write_tokenizer  # noqa: E402
 from transformers_parrot.tiny import TINY_VISION_CONFIG  # noqa: E402
 from transformers_parrot.training import (  # noqa: E402
@@ -46,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
 COMMON = ["--bf16", "False", "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no",
-          "--logging_steps", "1", "--gradient_checkpointing", "False", "--per_device_train_batch_size", "2",
+          "--logging_steps", "1", f"--{CHECKPOINTING_ARG}", "False", "--per_device_train_batch_size", "2",
           "--dataloader_num_workers", "0", "--seed", "0", "--disable_tqdm", "True"]
 
 

@@ -5,9 +5,9 @@ Importing this package registers Parrot with the transformers Auto classes (`Aut
 for Hub remote code, so `save_pretrained` writes a folder that loads with `trust_remote_code=True`.
 """
 
-import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from ._compat import AutoModelForVision2Seq
 from .configuration_parrot import ParrotConfig
 from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
 from .processing_parrot import ParrotProcessor
@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 AutoConfig.register(ParrotConfig.model_type, ParrotConfig, exist_ok=True)
 AutoModel.register(ParrotConfig, ParrotModel, exist_ok=True)
 AutoModelForImageTextToText.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
-if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
-    transformers.AutoModelForVision2Seq.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
+if AutoModelForVision2Seq is not None:  # removed in transformers 5
+    AutoModelForVision2Seq.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(ParrotConfig, ParrotProcessor, exist_ok=True)
 
 # Remote code: `save_pretrained` copies the modeling/configuration/processing files and writes `auto_map`.

@@ -1,3 +1,4 @@
+# Copyright 2025 The transformers-parrot authors. Licensed under the Apache License, Version 2.0.
 """Parrot configuration.
 
 Parrot (arXiv 2406.02539) is LLaVA with one extra module between the projector and the LLM: a text-guided
@@ -10,16 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import transformers
 from transformers import AutoConfig, CLIPVisionConfig, Qwen2Config
 
-try:  # transformers >= 5
-    from transformers import PreTrainedConfig as _BaseConfig
-except ImportError:  # transformers 4.x
-    from transformers import PretrainedConfig as _BaseConfig
-
-
-_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+from ._compat import PreTrainedConfig, add_legacy_rope_fields, drop_legacy_rope_fields
 
 # CLIP ViT-L/14 at 336 px, the vision tower of every released Parrot.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -65,28 +59,11 @@ def _as_config(value: Any, default: dict[str, Any]):
     if isinstance(value, dict):
         value = dict(value)
         model_type = value.pop("model_type", default["model_type"])
-        if _TRANSFORMERS_MAJOR >= 5 and isinstance(value.get("rope_parameters"), dict):
-            # the 4.x copies written by `_with_legacy_rope`: 5.x reads `rope_parameters`
-            value.pop("rope_theta", None)
-            value.pop("rope_scaling", None)
-        return AutoConfig.for_model(model_type, **value)
+        return AutoConfig.for_model(model_type, **drop_legacy_rope_fields(value))
     return value
 
 
-def _with_legacy_rope(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """transformers 5 saves the LLM's RoPE settings only as `rope_parameters`, which 4.x ignores (it would silently
-    fall back to rope_theta=10000): also write the 4.x fields `rope_theta` / `rope_scaling` so a folder saved on
-    either major loads identically on both."""
-    text = config_dict.get("text_config")
-    rope = text.get("rope_parameters") if isinstance(text, dict) else None
-    if isinstance(rope, dict) and "rope_theta" in rope:
-        text["rope_theta"] = rope["rope_theta"]
-        if rope.get("rope_type", "default") != "default":
-            text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    return config_dict
-
-
-class ParrotConfig(_BaseConfig):
+class ParrotConfig(PreTrainedConfig):
     r"""
     Configuration of a [`ParrotForConditionalGeneration`]: a vision tower, a 2-layer MLP projector, the multilingual
     MoE of Parrot and a causal LM. Defaults give Parrot-7B (CLIP ViT-L/14-336 + Qwen1.5-7B-Chat).
@@ -191,8 +168,8 @@ class ParrotConfig(_BaseConfig):
         return (image_size // patch_size) ** 2 + (1 if strategy == "full" else 0)
 
     def to_json_string(self, use_diff: bool = True) -> str:
-        """As transformers writes it, plus the LLM's RoPE settings in the 4.x form (see `_with_legacy_rope`)."""
-        return json.dumps(_with_legacy_rope(json.loads(super().to_json_string(use_diff))), indent=2,
+        """As transformers writes it, plus the LLM's RoPE settings in the 4.x form (see `add_legacy_rope_fields`)."""
+        return json.dumps(add_legacy_rope_fields(json.loads(super().to_json_string(use_diff))), indent=2,
                           sort_keys=True) + "\n"
 
     @property

@@ -714,8 +714,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
         "AutoModelForVision2Seq": f"{module}.ParrotForConditionalGeneration",
     }
     config.architectures = ["ParrotForConditionalGeneration"]
-    config.save_pretrained(output)
-    _make_config_portable(output / "config.json")
+    config.save_pretrained(output)  # also writes the 4.x RoPE fields (ParrotConfig.to_json_string)
     processor.save_pretrained(output)
     generation = GenerationConfig(
         bos_token_id=original.get("bos_token_id"),
@@ -733,19 +732,6 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
         results=results, converted_from=source_repo or _source_repo(input_path),
     )
     return ConversionResult(output, config, image_token_id, resized, shards, ignored, vision_source)
-
-
-def _make_config_portable(path: Path) -> None:
-    """transformers 5 writes RoPE settings only as ``rope_parameters``, which 4.x ignores (it would silently fall
-    back to rope_theta=10000): also write the legacy ``rope_theta`` / ``rope_scaling`` keys into text_config."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    text = raw.get("text_config") or {}
-    rope = text.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope:
-        text.setdefault("rope_theta", rope["rope_theta"])
-        if rope.get("rope_type", "default") != "default":
-            text.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-        path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _default_name(input_path) -> str:

@@ -1,3 +1,4 @@
+# Copyright 2025 The transformers-parrot authors. Licensed under the Apache License, Version 2.0.
 """PyTorch Parrot: LLaVA plus a text-guided multilingual Mixture-of-Experts on the visual tokens.
 
 Shapes used in docstrings: B batch, S sequence, N images in the batch, L tokens per image, D LLM hidden size,
@@ -7,7 +8,6 @@ but ``torch`` and ``transformers`` (plus its sibling configuration file).
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -16,30 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_parrot import ParrotConfig
-
-try:  # transformers >= 5: initialisers that skip weights already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # transformers 4.x
-    from torch.nn import init
-
-# 5.x's `generate` says which step is the prefill with `is_first_iteration`; 4.x passes `cache_position` instead.
-_GENERATE_HAS_FIRST_ITERATION = "is_first_iteration" in inspect.signature(
-    GenerationMixin.prepare_inputs_for_generation
-).parameters
-
-# Keyword arguments the LLM backbone understands beyond the explicit ones; anything else a trainer or
-# pipeline puts in the batch (token_type_ids, offset_mapping, ...) is ignored instead of reaching attention.
-_LANGUAGE_MODEL_KWARGS = (
-    "cache_position",
-    "cu_seq_lens_q",
-    "cu_seq_lens_k",
-    "max_length_q",
-    "max_length_k",
+from ._compat import (
+    CACHE_KWARG,
+    PixelValuesAtPrefillOnly,
+    accept_legacy_cache_kwarg,
+    init,
+    tied_weights_keys,
+    unwrap_clip_vision,
 )
+from .configuration_parrot import ParrotConfig
 
 
 def _distributed_world_size() -> int:
@@ -71,6 +59,8 @@ def _attended_tokens(attention_mask, seq_len: int) -> torch.Tensor | None:
 @dataclass
 class ParrotModelOutputWithPast(BaseModelOutputWithPast):
     r"""
+    As transformers' `BaseModelOutputWithPast` (last_hidden_state, the KV cache, hidden_states, attentions), plus:
+
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
         Visual tokens after the projector and the MoE, i.e. what replaced the `<image>` placeholders.
     router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*):
@@ -82,22 +72,15 @@ class ParrotModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class ParrotCausalLMOutputWithPast(ModelOutput):
+class ParrotCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): LM head scores.
-    past_key_values (`Cache`, *optional*): the KV cache for further decoding.
-    hidden_states / attentions: as in every transformers causal LM.
+    As transformers' `CausalLMOutputWithPast` (loss, logits, the KV cache, hidden_states, attentions), plus:
+
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
         Visual tokens after the projector and the MoE.
     router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*): pre-softmax gate logits.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     router_logits: torch.FloatTensor | None = None
 
@@ -235,7 +218,7 @@ class ParrotPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "Qwen2DecoderLayer", "ParrotMultilingualMoE"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_flash_attn = True
     _supports_flash_attn_2 = True
     _supports_sdpa = True
@@ -260,6 +243,18 @@ class ParrotPreTrainedModel(PreTrainedModel):
                 "AutoModelForVision2Seq": f"{module}.ParrotForConditionalGeneration",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def initialize_weights(self) -> None:
+        """Initialise the vision tower and the LLM by their own library's rules first, then Parrot's modules.
+
+        transformers treats Parrot as custom code, and its loading path then skips modules without parameters of
+        their own (e.g. `CLIPAttention`, which sets its projections' std): weights missing from a checkpoint would
+        get other values than at construction.
+        """
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel) and type(module).__module__.startswith("transformers."):
+                module.initialize_weights()
+        super().initialize_weights()
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -286,9 +281,7 @@ class ParrotModel(ParrotPreTrainedModel):
 
     def __init__(self, config: ParrotConfig):
         super().__init__(config)
-        vision_tower = AutoModel.from_config(config.vision_config)
-        # transformers 4.x wraps CLIP in `.vision_model`, 5.x does not: unwrap so weight names are the same on both.
-        self.vision_tower = getattr(vision_tower, "vision_model", vision_tower)
+        self.vision_tower = unwrap_clip_vision(AutoModel.from_config(config.vision_config))
         self.multi_modal_projector = ParrotMultiModalProjector(config)
         self.moe = ParrotMultilingualMoE(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -300,6 +293,7 @@ class ParrotModel(ParrotPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
@@ -307,9 +301,8 @@ class ParrotModel(ParrotPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """Vision tower + projector, before the MoE.
 
         pixel_values (N, 3, H, W) → `pooler_output` (N, L, D) projected visual tokens; `last_hidden_state`,
@@ -327,13 +320,12 @@ class ParrotModel(ParrotPreTrainedModel):
         selected = vision_outputs.hidden_states[layer]
         if strategy == "default":
             selected = selected[:, 1:]
-        output = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=self.multi_modal_projector(selected),
             hidden_states=vision_outputs.hidden_states if output_hidden_states else None,
             attentions=vision_outputs.attentions,
         )
-        return output if self._use_return_dict(return_dict) else output.to_tuple()
 
     def _multimodal_zero(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """A zero-valued scalar that depends on every vision-tower, projector and MoE parameter.
@@ -349,9 +341,6 @@ class ParrotModel(ParrotPreTrainedModel):
             features, _ = self.moe(features, features[:, :1], features.new_ones(1, 1, dtype=torch.bool),
                                    torch.zeros(1, dtype=torch.long, device=features.device))
         return features.sum() * 0.0
-
-    def _use_return_dict(self, return_dict: bool | None) -> bool:
-        return return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
 
     def _pixel_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one preprocessed image."""
@@ -435,24 +424,23 @@ class ParrotModel(ParrotPreTrainedModel):
             guidance = guidance & attended
         return guidance
 
+    @can_return_tuple
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> ParrotModelOutputWithPast | tuple:
+    ) -> ParrotModelOutputWithPast:
         """input_ids (B, S) or inputs_embeds (B, S, D), pixel_values (N, 3, H, W) → last_hidden_state (B, S, D).
 
-        Unknown keyword arguments (extra batch keys from trainers and pipelines) are ignored.
+        Every other keyword argument (the KV cache under the installed transformers' name, `use_cache`,
+        `output_attentions`, attention-backend arguments, extra batch keys from trainers) goes to the language model,
+        as in transformers' LLaVA.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -472,7 +460,8 @@ class ParrotModel(ParrotPreTrainedModel):
                 )
             inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
         else:
-            if input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            cache = kwargs.get(CACHE_KWARG)
+            if input_ids is not None and (cache is None or cache.get_seq_length() == 0):
                 n_tokens = int((input_ids == self.config.image_token_id).sum())
                 if n_tokens:
                     raise ValueError(
@@ -482,40 +471,21 @@ class ParrotModel(ParrotPreTrainedModel):
             if self.training and torch.is_grad_enabled() and _distributed_world_size() > 1:
                 inputs_embeds = inputs_embeds + self._multimodal_zero(inputs_embeds)
 
-        language_kwargs = {key: kwargs[key] for key in _LANGUAGE_MODEL_KWARGS if key in kwargs}
-        # Unset flags are left out so the LLM falls back to its own config, as transformers models do.
-        for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
-            if flag is not None:
-                language_kwargs[name] = flag
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            return_dict=True,
-            **language_kwargs,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
-        output = ParrotModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return ParrotModelOutputWithPast(
+            **outputs,
             image_hidden_states=image_features,
             router_logits=router_logits if output_router_logits else None,
         )
-        return output if self._use_return_dict(return_dict) else output.to_tuple()
 
 
-class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
+class ParrotForConditionalGeneration(ParrotPreTrainedModel, PixelValuesAtPrefillOnly, GenerationMixin):
     """Parrot with its LM head: image + multilingual prompt → text."""
 
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    _tied_weights_keys = (
-        {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-        if _GENERATE_HAS_FIRST_ITERATION
-        else ["lm_head.weight"]
-    )
+    _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.language_model.embed_tokens.weight"})
 
     def __init__(self, config: ParrotConfig):
         super().__init__(config)
@@ -539,90 +509,41 @@ class ParrotForConditionalGeneration(ParrotPreTrainedModel, GenerationMixin):
         """See [`ParrotModel.get_image_features`]: projected visual tokens before the MoE."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
+    @accept_legacy_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> ParrotCausalLMOutputWithPast | tuple:
+    ) -> ParrotCausalLMOutputWithPast:
         """As [`ParrotModel.forward`], plus `labels` (B, S) (-100 = ignored) for the next-token loss and
-        `logits_to_keep` (keep only the last k positions' logits, or the given indices)."""
-        loss_kwargs = {key: kwargs.pop(key) for key in ("num_items_in_batch", "shift_labels") if key in kwargs}
+        `logits_to_keep` (keep only the last k positions' logits, or the given indices). Loss arguments
+        (`num_items_in_batch`, `shift_labels`) reach the loss function."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits,
-            return_dict=True,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
 
         loss = None
-        if labels is not None or "shift_labels" in loss_kwargs:
+        if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.text_config.vocab_size,
-                **loss_kwargs,
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        output = ParrotCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-            router_logits=outputs.router_logits,
+        return ParrotCausalLMOutputWithPast(
+            loss=loss, logits=logits, **{key: value for key, value in outputs.items() if key != "last_hidden_state"}
         )
-        return output if self.model._use_return_dict(return_dict) else output.to_tuple()
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> dict:
-        """Feed the images at prefill only: vision tower and MoE never run on decoding steps."""
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
-        if _GENERATE_HAS_FIRST_ITERATION:
-            is_prefill = bool(kwargs.get("is_first_iteration", False))
-        else:
-            cache_position = kwargs.get("cache_position")
-            is_prefill = cache_position is None or int(cache_position[0]) == 0
-        if is_prefill or not kwargs.get("use_cache", True):
-            model_inputs["pixel_values"] = pixel_values
-        else:
-            model_inputs.pop("pixel_values", None)
-        return model_inputs
 
 
 __all__ = ["ParrotPreTrainedModel", "ParrotModel", "ParrotForConditionalGeneration"]

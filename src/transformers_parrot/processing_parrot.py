@@ -15,17 +15,15 @@ preprocessed (transformers' ``LlavaImageProcessor`` with ``do_pad=True``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-import transformers
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+from ._compat import ProcessorPartsAttributes, llava_image_processor_class, make_processor_files_portable
 
 IMAGE_TOKEN = "<image>"
 IM_START = "<|im_start|>"
@@ -93,24 +91,7 @@ def default_image_processor(**overrides):
         do_convert_rgb=True,
     )
     settings.update(overrides)
-    return _llava_image_processor_class()(**settings)
-
-
-def _llava_image_processor_class():
-    if _TRANSFORMERS_MAJOR >= 5:
-        try:  # torchvision backend when torchvision is installed, else the PIL backend (same numbers)
-            import torchvision  # noqa: F401  (availability probe)
-
-            from transformers.models.llava.image_processing_llava import LlavaImageProcessor
-
-            return LlavaImageProcessor
-        except ImportError:
-            from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-            return LlavaImageProcessorPil
-    from transformers.models.llava.image_processing_llava import LlavaImageProcessor
-
-    return LlavaImageProcessor
+    return llava_image_processor_class()(**settings)
 
 
 def _to_pil_rgb(image, where: str) -> Image.Image:
@@ -184,7 +165,7 @@ def _is_image_like(obj) -> bool:
     return type(obj).__name__ == "Tensor"
 
 
-class ParrotProcessor(ProcessorMixin):
+class ParrotProcessor(ProcessorPartsAttributes, ProcessorMixin):
     r"""
     Builds Parrot inputs: token ids with each ``<image>`` expanded to ``image_seq_length`` image tokens, an attention
     mask and (when images are given) ``pixel_values`` of shape ``(num_images, 3, H, W)``.
@@ -195,11 +176,6 @@ class ParrotProcessor(ProcessorMixin):
         chat_template: Jinja chat template; defaults to Parrot's ChatML template.
         image_seq_length: number of visual tokens per image (577 = CLS + 24×24 patches for ViT-L/14 at 336 px).
     """
-
-    if _TRANSFORMERS_MAJOR < 5:  # 4.x discovers sub-processors from these; 5.x reads __init__ and warns about them
-        attributes = ["image_processor", "tokenizer"]
-        image_processor_class = "AutoImageProcessor"
-        tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None,
                  image_seq_length: int = DEFAULT_IMAGE_SEQ_LENGTH, **kwargs):
@@ -436,7 +412,7 @@ class ParrotProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory, *args, **kwargs):
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        _make_saved_files_portable(Path(save_directory))
+        make_processor_files_portable(Path(save_directory))
         return result
 
 
@@ -466,44 +442,6 @@ def _validate_tokenizer(tokenizer):
             f"`tokenizer.add_tokens({missing}, special_tokens=True)` (and resize the model's input embeddings if "
             "the new ids fall outside them)."
         )
-
-
-def _make_saved_files_portable(directory: Path):
-    """Files written by transformers 5.x that 4.57 cannot read are rewritten in a form both versions load."""
-
-    def fix_image_processor_dict(config: dict) -> bool:
-        name = config.get("image_processor_type")
-        if isinstance(name, str) and name.endswith("Pil"):  # 5.x PIL backend; 4.x only knows the base name
-            config["image_processor_type"] = name[: -len("Pil")]
-            return True
-        return False
-
-    def rewrite(path: Path, fixer):
-        if not path.is_file():
-            return
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if fixer(config):
-            path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    rewrite(directory / "preprocessor_config.json", fix_image_processor_dict)
-
-    def fix_processor_config(config: dict) -> bool:
-        nested = config.get("image_processor")
-        return isinstance(nested, dict) and fix_image_processor_dict(nested)
-
-    rewrite(directory / "processor_config.json", fix_processor_config)
-
-    def fix_tokenizer_config(config: dict) -> bool:
-        extra = config.get("extra_special_tokens")
-        if isinstance(extra, list):  # 5.x list form; 4.57 expects a dict here and reads additional_special_tokens
-            merged = list(config.get("additional_special_tokens") or [])
-            merged += [t for t in extra if t not in merged]
-            config["additional_special_tokens"] = merged
-            del config["extra_special_tokens"]
-            return True
-        return False
-
-    rewrite(directory / "tokenizer_config.json", fix_tokenizer_config)
 
 
 __all__ = ["ParrotProcessor", "DEFAULT_CHAT_TEMPLATE", "default_image_processor"]

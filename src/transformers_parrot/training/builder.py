@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._compat import unwrap_clip_vision
 from ..configuration_parrot import ParrotConfig
 from ..modeling_parrot import ParrotForConditionalGeneration
 from ..processing_parrot import IMAGE_TOKEN, ParrotProcessor, default_image_processor
@@ -25,7 +26,7 @@ def _vision_model(name_or_path: str, dtype, **hub_kwargs):
     if not isinstance(vision_config, CLIPVisionConfig):
         raise ValueError(f"{name_or_path}: expected a CLIP vision checkpoint, got {type(vision_config).__name__}")
     model = CLIPVisionModel.from_pretrained(name_or_path, dtype=dtype, **hub_kwargs)
-    return getattr(model, "vision_model", model), vision_config
+    return unwrap_clip_vision(model), vision_config
 
 
 def build_parrot_from_pretrained(

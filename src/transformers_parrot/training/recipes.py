@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._compat import CHECKPOINTING_ARG
+
 logger = logging.getLogger(__name__)
 
 # paper §3 (and the release scripts): learning rate per stage; shared schedule
@@ -21,7 +23,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "num_train_epochs": 1,
     "max_length": 2048,
-    "gradient_checkpointing": True,
+    CHECKPOINTING_ARG: True,
     "assistant_only_loss": True,
 }
 # the LLM's linear layers: LoRA targets when the user names none (a regex, so the vision tower is never targeted)

@@ -54,8 +54,13 @@ class ParrotScriptArguments:
         "help": "MLAN: share of visual samples (0 = text only); they share batches with the text samples."})
 
 
+# a default is not applied when the user set it under its older name either
+_OLDER_NAMES = {"activation_checkpointing": "gradient_checkpointing"}
+
+
 def _cli_sets(argv: list[str], name: str) -> bool:
-    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+    names = {name, _OLDER_NAMES.get(name, name)}
+    return any(a == f"--{n}" or a.startswith(f"--{n}=") for a in argv for n in names)
 
 
 def _apply_defaults(argv, defaults: dict, config_names: set) -> list[str]:
@@ -71,7 +76,7 @@ def _apply_defaults(argv, defaults: dict, config_names: set) -> list[str]:
         with open(config_file, encoding="utf-8") as handle:
             from_file = set((yaml.safe_load(handle) or {}).keys())
     for key, value in defaults.items():
-        if key in config_names and not _cli_sets(argv, key) and key not in from_file:
+        if key in config_names and not _cli_sets(argv, key) and not {key, _OLDER_NAMES.get(key)} & from_file:
             if isinstance(value, bool):
                 out += [f"--{key}", str(value)]
             else:
@@ -157,12 +162,27 @@ def sft_main(argv: list[str] | None = None, mlan: bool = False, before_train=Non
     `before_train(trainer)` runs just before training (attach callbacks, probes, ...)."""
     from trl import SFTConfig
 
-    from .recipes import ParrotSFTTrainer, check_max_length, setup_stage
-
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args = _parse(SFTConfig, argv)
+    return train_sft(script_args, training_args, model_args, mlan=mlan, before_train=before_train)
+
+
+def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None, *, mlan: bool = False,
+              model=None, processor=None, before_train=None):
+    """`sft_main` from dataclasses instead of argv: `training_args` is a `trl.SFTConfig` used as given (the paper
+    defaults of the command line are not applied), `model_args` a `trl.ModelConfig` (default: full fine-tuning).
+    `model` + `processor` train an in-memory Parrot instead of loading `model_args.model_name_or_path`.
+    Returns the trainer after training and saving to `training_args.output_dir`."""
+    from trl import ModelConfig
+
+    from .recipes import ParrotSFTTrainer, check_max_length, setup_stage
+
+    model_args = model_args or ModelConfig()
     stage = 2 if mlan else script_args.stage
-    model, processor = load_model_and_processor(script_args, model_args, stage)
+    if (model is None) != (processor is None):
+        raise ValueError("pass model and processor together (or neither, to load model_args.model_name_or_path)")
+    if model is None:
+        model, processor = load_model_and_processor(script_args, model_args, stage)
 
     if mlan:
         if not script_args.text_datasets:
@@ -279,4 +299,4 @@ def load_preference_data(script_args):
     return mix_datasets(datasets, script_args.dataset_ratios)
 
 
-__all__ = ["ParrotScriptArguments", "sft_main", "dpo_main", "load_model_and_processor", "load_training_data"]
+__all__ = ["ParrotScriptArguments", "sft_main", "train_sft", "dpo_main", "load_model_and_processor", "load_training_data"]

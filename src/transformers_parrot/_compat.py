@@ -1,0 +1,176 @@
+# Copyright 2025 The transformers-parrot authors. Licensed under the Apache License, Version 2.0.
+"""Every switch on the installed transformers release, in one place (supported: 4.57.x to 5.24.x).
+
+Each entry says which release made it necessary and when it can be deleted. Features are detected, not versions
+compared, wherever transformers exposes the feature itself. Published as Hub remote code next to the model,
+configuration and processor files, so it imports nothing but ``torch`` and ``transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import GenerationMixin
+from transformers.generation import utils as _generation_utils
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+# 5.0 split AutoModelForVision2Seq into AutoModelForImageTextToText and removed the old name, renamed
+# `PretrainedConfig` to `PreTrainedConfig` and brought initialisers that skip weights already loaded from a
+# checkpoint (`transformers.initialization`). Delete the 4.x branches when 4.x support ends.
+IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
+AutoModelForVision2Seq = getattr(transformers, "AutoModelForVision2Seq", None)
+try:
+    from transformers import PreTrainedConfig
+except ImportError:  # 4.x
+    from transformers import PretrainedConfig as PreTrainedConfig
+try:
+    from transformers import initialization as init
+except ImportError:  # 4.x
+    from torch.nn import init
+
+# 5.24 renamed `past_key_values` to `cache` (model keyword and output field; the old name is accepted with a
+# FutureWarning until 5.40). Delete when the oldest supported release is 5.24: the name is then always `cache`.
+CACHE_KWARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def accept_legacy_cache_kwarg(forward):
+    """On 5.24+, let callers still pass `past_key_values=` (renamed to `cache=`, with transformers' own warning)."""
+    if CACHE_KWARG == "past_key_values":
+        return forward
+    from transformers.utils.deprecation import deprecate_kwarg
+
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+
+# 5.0 stores tied weights as {target: source}; 4.x as a list of tied names. Delete with 4.x support.
+def tied_weights_keys(mapping: dict[str, str]) -> dict[str, str] | list[str]:
+    return list(mapping) if IS_TRANSFORMERS_4 else dict(mapping)
+
+
+# 5.23 renamed gradient checkpointing to activation checkpointing (`TrainingArguments.activation_checkpointing`,
+# `model.activation_checkpointing_enable`); the old names warn until 6.0. Delete when the oldest supported is 5.23.
+CHECKPOINTING_ARG = (
+    "activation_checkpointing" if hasattr(transformers.PreTrainedModel, "activation_checkpointing_enable")
+    else "gradient_checkpointing"
+)
+
+
+def enable_checkpointing(model, **kwargs) -> None:
+    """`model.activation_checkpointing_enable(...)` (5.23+) or `gradient_checkpointing_enable(...)` (older)."""
+    getattr(model, f"{CHECKPOINTING_ARG}_enable")(**{f"{CHECKPOINTING_ARG}_kwargs": kwargs} if kwargs else {})
+
+
+# 4.x wraps CLIP's layers in `CLIPVisionModel.vision_model`; 5.0 dropped that level. Unwrapping keeps weight names
+# identical on both. Delete with 4.x support.
+def unwrap_clip_vision(model):
+    return getattr(model, "vision_model", model)
+
+
+# 5.15 made `generate` drop pixel_values after the prefill itself (MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL);
+# before, every VLM overrode `prepare_inputs_for_generation`. 5.0-5.14 flag the prefill with `is_first_iteration`,
+# 4.x only through `cache_position`. Delete when the oldest supported release is 5.15.
+if hasattr(_generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL"):
+
+    class PixelValuesAtPrefillOnly:
+        """Nothing to do: `generate` already feeds the images at the prefill only."""
+
+else:
+
+    class PixelValuesAtPrefillOnly(GenerationMixin):
+        """Feed the images at the prefill only: the vision tower and MoE never run on decoding steps."""
+
+        def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, pixel_values=None, **kwargs):
+            model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+            is_prefill = kwargs.get("is_first_iteration")
+            if is_prefill is None:  # 4.x
+                cache_position = kwargs.get("cache_position")
+                is_prefill = cache_position is None or int(cache_position[0]) == 0
+            model_inputs.pop("pixel_values", None)
+            if is_prefill or not kwargs.get("use_cache", True):
+                model_inputs["pixel_values"] = pixel_values
+            return model_inputs
+
+
+# 5.0 chose between torchvision and PIL image-processor backends (`LlavaImageProcessorPil`); 4.x has one class.
+def llava_image_processor_class():
+    """transformers' LLaVA image processor class for this install (torchvision backend when importable)."""
+    if not IS_TRANSFORMERS_4:
+        try:
+            import torchvision  # noqa: F401  (availability probe)
+        except ImportError:
+            from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+            return LlavaImageProcessorPil
+    from transformers.models.llava.image_processing_llava import LlavaImageProcessor
+
+    return LlavaImageProcessor
+
+
+# ---- Folders readable by both majors. A folder saved on 5.x must load on 4.57 (remote code is used on whatever
+# transformers a Hub user has). Delete the writers below with 4.x support; the readers with 5.x-saved-only folders.
+
+def add_legacy_rope_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """5.0 saves the LLM's RoPE settings only as `rope_parameters`, which 4.x ignores (silently falling back to
+    rope_theta=10000): also write the 4.x fields `rope_theta` / `rope_scaling` into `text_config`."""
+    text = config_dict.get("text_config")
+    rope = text.get("rope_parameters") if isinstance(text, dict) else None
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        text["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return config_dict
+
+
+def drop_legacy_rope_fields(text_config: dict[str, Any]) -> dict[str, Any]:
+    """On 5.x, read `rope_parameters` and ignore the 4.x copies written by `add_legacy_rope_fields`."""
+    if not IS_TRANSFORMERS_4 and isinstance(text_config.get("rope_parameters"), dict):
+        text_config.pop("rope_theta", None)
+        text_config.pop("rope_scaling", None)
+    return text_config
+
+
+def make_processor_files_portable(directory: Path) -> None:
+    """Rewrite what 5.x writes and 4.57 cannot read: the `...Pil` image-processor class name (4.x knows only the
+    base name) and the list form of `extra_special_tokens` (4.57 expects a dict and reads
+    `additional_special_tokens`; it fails with a misleading protobuf message otherwise)."""
+
+    def fix_image_processor(config: dict) -> bool:
+        name = config.get("image_processor_type")
+        if isinstance(name, str) and name.endswith("Pil"):
+            config["image_processor_type"] = name[: -len("Pil")]
+            return True
+        return False
+
+    def fix_processor(config: dict) -> bool:
+        nested = config.get("image_processor")
+        return isinstance(nested, dict) and fix_image_processor(nested)
+
+    def fix_tokenizer(config: dict) -> bool:
+        extra = config.get("extra_special_tokens")
+        if not isinstance(extra, list):
+            return False
+        merged = list(config.get("additional_special_tokens") or [])
+        config["additional_special_tokens"] = merged + [t for t in extra if t not in merged]
+        del config["extra_special_tokens"]
+        return True
+
+    for name, fixer in (("preprocessor_config.json", fix_image_processor), ("processor_config.json", fix_processor),
+                        ("tokenizer_config.json", fix_tokenizer)):
+        path = Path(directory) / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if fixer(config):
+                path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                encoding="utf-8")
+
+
+# 4.x finds a processor's parts through class attributes; 5.0 reads them from `__init__` and warns about the
+# attributes. Delete with 4.x support.
+class ProcessorPartsAttributes:
+    if IS_TRANSFORMERS_4:
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
