@@ -61,12 +61,16 @@ class ParrotModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     As transformers' `BaseModelOutputWithPast` (last_hidden_state, the KV cache, hidden_states, attentions), plus:
 
+    image_outputs (`BaseModelOutputWithPooling`, *optional*): the image encoder's outputs, as transformers' VLMs
+        return them: `get_image_features` (vision tower attentions / hidden states, `pooler_output` the projected
+        visual tokens before the MoE).
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
         Visual tokens after the projector and the MoE, i.e. what replaced the `<image>` placeholders.
     router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*):
         Pre-softmax gate logits of each image, in image order. Returned with `output_router_logits=True`.
     """
 
+    image_outputs: BaseModelOutputWithPooling | None = None
     image_hidden_states: torch.FloatTensor | None = None
     router_logits: torch.FloatTensor | None = None
 
@@ -76,11 +80,13 @@ class ParrotCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     As transformers' `CausalLMOutputWithPast` (loss, logits, the KV cache, hidden_states, attentions), plus:
 
+    image_outputs (`BaseModelOutputWithPooling`, *optional*): the image encoder's outputs (see `ParrotModel`).
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`, *optional*):
         Visual tokens after the projector and the MoE.
     router_logits (`torch.FloatTensor` of shape `(num_images, num_experts)`, *optional*): pre-softmax gate logits.
     """
 
+    image_outputs: BaseModelOutputWithPooling | None = None
     image_hidden_states: torch.FloatTensor | None = None
     router_logits: torch.FloatTensor | None = None
 
@@ -211,6 +217,19 @@ class ParrotMultilingualMoE(nn.Module):
         return mixed + self.residual_weight * image_features, router_logits
 
 
+def set_auto_map(config: ParrotConfig) -> None:
+    """Add the `auto_map` entries of every Auto class Parrot supports to ``config``, so a folder saved with it
+    loads with `trust_remote_code=True` through any of them (`save_pretrained` and the converter use this)."""
+    module = ParrotModel.__module__.rsplit(".", 1)[-1]
+    config.auto_map = {
+        **(getattr(config, "auto_map", None) or {}),
+        "AutoConfig": f"{type(config).__module__.rsplit('.', 1)[-1]}.ParrotConfig",
+        "AutoModel": f"{module}.ParrotModel",
+        "AutoModelForImageTextToText": f"{module}.ParrotForConditionalGeneration",
+        "AutoModelForVision2Seq": f"{module}.ParrotForConditionalGeneration",
+    }
+
+
 class ParrotPreTrainedModel(PreTrainedModel):
     config: ParrotConfig
     config_class = ParrotConfig
@@ -230,18 +249,9 @@ class ParrotPreTrainedModel(PreTrainedModel):
     _supports_quantized_cache = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also write the `auto_map` entries of every Auto class Parrot supports, so the saved folder loads with
-        `trust_remote_code=True` through any of them."""
+        """Also write the `auto_map` entries of every Auto class Parrot supports (see `set_auto_map`)."""
         if self._auto_class is not None:
-            module = ParrotModel.__module__.rsplit(".", 1)[-1]
-            config_module = type(self.config).__module__.rsplit(".", 1)[-1]
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoConfig": f"{config_module}.ParrotConfig",
-                "AutoModel": f"{module}.ParrotModel",
-                "AutoModelForImageTextToText": f"{module}.ParrotForConditionalGeneration",
-                "AutoModelForVision2Seq": f"{module}.ParrotForConditionalGeneration",
-            }
+            set_auto_map(self.config)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def initialize_weights(self) -> None:
@@ -447,12 +457,17 @@ class ParrotModel(ParrotPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = router_logits = None
+        image_outputs = image_features = router_logits = None
         if pixel_values is not None:
             self._check_pixel_values(pixel_values)
             image_mask, image_to_sample = self.get_placeholder_mask(input_ids, inputs_embeds, pixel_values.shape[0])
-            image_features = self.get_image_features(pixel_values, return_dict=True).pooler_output
-            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_outputs = self.get_image_features(
+                pixel_values,
+                output_attentions=kwargs.get("output_attentions"),
+                output_hidden_states=kwargs.get("output_hidden_states"),
+                return_dict=True,
+            )
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
             if self.config.use_moe:
                 guidance_mask = self.get_guidance_mask(input_ids, inputs_embeds, attention_mask, image_mask)
                 image_features, router_logits = self.moe(
@@ -476,6 +491,7 @@ class ParrotModel(ParrotPreTrainedModel):
         )
         return ParrotModelOutputWithPast(
             **outputs,
+            image_outputs=image_outputs,
             image_hidden_states=image_features,
             router_logits=router_logits if output_router_logits else None,
         )
