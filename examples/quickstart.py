@@ -30,19 +30,42 @@ QUESTIONS = {
 }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """Flags in underscore style (as transformers/TRL); the dashed spelling (`--max-new-tokens`) is an alias."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="path or Hub id of a Parrot checkpoint (default: a tiny offline model)")
     parser.add_argument("--image", help="image file to ask about (default: a bundled drawing)")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=24)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true")
     parser.add_argument("--train", action="store_true", help="run parrot-demo (its defaults) instead")
-    args = parser.parse_args()
+    return parser
+
+
+def load_image(path: str):
+    """The RGB image at `path`; ValueError naming the file when it is missing or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"--image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"--image {path}: not a readable image ({e})") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.train:
         from transformers_parrot.demo.run import main as demo_main
 
         raise SystemExit(demo_main([]))
+    try:  # checked before any model is loaded
+        image = load_image(args.image) if args.image else bundled_image()
+    except ValueError as e:
+        parser.error(str(e))  # usage + "error: ..." on stderr, exit code 2
 
     if args.model:
         dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -54,13 +77,6 @@ def main() -> None:
     else:
         model, processor = tiny_model(seed=0)
         print("Built a tiny random Parrot offline (answers are noise; the routing and the pipeline are real).\n")
-
-    if args.image:
-        from PIL import Image
-
-        image = Image.open(args.image)
-    else:
-        image = bundled_image()
 
     answer = pipeline("image-text-to-text", model=model, processor=processor)
     for lang, question in QUESTIONS.items():

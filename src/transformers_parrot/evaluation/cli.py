@@ -12,35 +12,57 @@ from .report import RESULTS_MD
 from . import runner
 
 
+EXTRA_MODULES = ("pandas", "matplotlib")  # what parrot-eval needs beyond the base install
+INSTALL_HINT = 'pip install "transformers-parrot[eval]"'
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name`` (underscore style, as transformers/TRL) with the dashed spelling accepted as an alias."""
+    dashed = name.replace("_", "-")
+    parser.add_argument(f"--{name}", *([f"--{dashed}"] if dashed != name else []), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="parrot-eval",
-        description="Evaluate an image-text-to-text model on MMMB and multilingual MMBench (Parrot, arXiv 2406.02539).",
+        description="Evaluate an image-text-to-text model on MMMB and multilingual MMBench (Parrot, arXiv 2406.02539). "
+        "Flags are spelled with underscores (--data_dir); the dashed spelling (--data-dir) is accepted too.",
     )
-    p.add_argument("--model", required=True, help="model folder or Hub id (loaded with the Auto classes)")
-    p.add_argument(
-        "--benchmark",
+    _flag(p, "model", required=True, help="model folder or Hub id (loaded with the Auto classes)")
+    _flag(
+        p,
+        "benchmark",
         required=True,
         help="mmmb, mmbench, or a path to a VLMEvalKit-format multiple-choice TSV (comma-separate several)",
     )
-    p.add_argument("--languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
-    p.add_argument("--data-dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
-    p.add_argument("--output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most N rows per language")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--model-name", default=None, help="name used in the reports (default: --model)")
-    p.add_argument("--circular", dest="circular", action="store_true", default=None,
-                   help="force circular evaluation (default: on for MMBench)")
-    p.add_argument("--no-circular", dest="circular", action="store_false")
-    p.add_argument("--no-download", action="store_true", help="never download benchmark files from the Hub")
-    p.add_argument("--overwrite", action="store_true", help="discard predictions already in the output folder")
-    p.add_argument("--no-progress", action="store_true")
+    _flag(p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
+    _flag(p, "data_dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
+    _flag(p, "output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
+    _flag(p, "batch_size", type=int, default=8)
+    _flag(p, "max_new_tokens", type=int, default=512)
+    _flag(p, "limit", type=int, default=None, help="evaluate at most N rows per language")
+    _flag(p, "trust_remote_code", action="store_true")
+    _flag(p, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    _flag(p, "device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _flag(p, "model_name", default=None, help="name used in the reports (default: --model)")
+    _flag(p, "circular", dest="circular", action="store_true", default=None,
+          help="force circular evaluation (default: on for MMBench)")
+    _flag(p, "no_circular", dest="circular", action="store_false")
+    _flag(p, "no_download", action="store_true", help="never download benchmark files from the Hub")
+    _flag(p, "overwrite", action="store_true", help="discard predictions already in the output folder")
+    _flag(p, "no_progress", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
+
+
+def missing_extra() -> Optional[str]:
+    """An error message when a module of the ``eval`` extra is not installed, else None."""
+    for module in EXTRA_MODULES:
+        try:
+            __import__(module)
+        except ImportError as e:
+            return f"{module} is not installed ({e}); parrot-eval needs the eval extra: {INSTALL_HINT}"
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -49,7 +71,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.batch_size < 1:
-        print("parrot-eval: --batch-size must be >= 1", file=sys.stderr)
+        print("parrot-eval: error: --batch_size must be >= 1", file=sys.stderr)
+        return 2
+    missing = missing_extra()
+    if missing:
+        print(f"parrot-eval: error: {missing}", file=sys.stderr)
         return 2
     benchmarks = [b for b in args.benchmark.split(",") if b.strip()] if "," in args.benchmark else [args.benchmark]
     try:
