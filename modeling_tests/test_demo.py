@@ -1,6 +1,8 @@
-"""`parrot-demo` (issue 6), reduced: generate data, train stage 1 + stage 2 through the TRL recipes, evaluate with
-parrot-eval, plot, save a Hub-ready folder; then load that folder with trust_remote_code in a process where
-transformers_parrot cannot be imported and answer through `pipeline`. Offline, CPU, well under 90 s."""
+"""`parrot-demo` (issues 6, 13, 16), reduced: `--quick` generates the data, trains stage 1 + stage 2 through the
+library's `train_sft`, evaluates all languages with one `evaluate` call, plots, saves a Hub-ready folder; then
+that folder loads with trust_remote_code in a process where transformers_parrot cannot be imported and answers
+through `pipeline`. Offline, CPU, well under 90 s. The five-seed accuracy check is a benchmark
+(benchmarks/bench_demo_seeds.py), not a test."""
 
 from __future__ import annotations
 
@@ -13,10 +15,22 @@ import pytest
 
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
-pytest.importorskip("matplotlib")
+matplotlib = pytest.importorskip("matplotlib")
 
 from transformers_parrot.demo import LANGUAGES, run  # noqa: E402
-from transformers_parrot.demo.data import QUESTIONS, heldout_rows, write_test_tsvs, write_training_data  # noqa: E402
+from transformers_parrot.demo.data import (  # noqa: E402
+    COLOURS,
+    GRID,
+    IMAGE_SIZE,
+    KINDS,
+    POSITION_CELLS,
+    QUESTIONS,
+    Scene,
+    heldout_rows,
+    render,
+    write_test_tsvs,
+    write_training_data,
+)
 
 LOADER = r'''
 import json, sys
@@ -41,60 +55,162 @@ print(json.dumps({"answer": answer, "model_module": type(model).__module__,
                   "processor_module": type(processor).__module__}))
 '''
 
+EXPECTED_FILES = ["accuracy_by_language.png", "loss.png", "loss_log.json", "results.json", "routing_heatmap.png",
+                  "eval/predictions.jsonl", "eval/results.json", "eval/results.md", "eval/results.csv",
+                  "eval/accuracy_by_language.png", "eval/model_index.json",
+                  "model/config.json", "model/model.safetensors", "model/README.md", "model/modeling_parrot.py",
+                  "model/configuration_parrot.py", "model/processing_parrot.py",
+                  *(f"data/test/parrot_demo_{code}.tsv" for code in ("en", "cn", "pt", "ar", "tr", "ru")),
+                  "data/stage1.json", "data/stage2.json"]
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("parrot-demo")
-    argv = ["--quick", "--output", str(out), "--no-progress", "--seed", "3", "--threads", "1"]
-    assert run.main(argv) == 0
-    return out
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")  # raw value: reading it must not resolve it
+    import io
+    from contextlib import redirect_stdout
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert run.main(["--quick", "--output", str(out), "--no-progress", "--seed", "3", "--threads", "1"]) == 0
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == backend, "the demo switched matplotlib's backend"
+    return out, printed.getvalue()
 
 
-def test_outputs(demo_run):
-    out = demo_run
+def test_every_output_file(demo_run):
+    out, _ = demo_run
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "work").exists()  # intermediate checkpoints are removed
+    for name in ("accuracy_by_language.png", "routing_heatmap.png", "loss.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_results_json(demo_run):
+    out, _ = demo_run
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["smoke_test"] is True
     assert list(results["accuracy"]) == list(LANGUAGES)
     assert all(0.0 <= acc <= 100.0 for acc in results["accuracy"].values())
+    assert results["min_accuracy"] == min(results["accuracy"].values())
     assert results["steps"] == {"stage1": run.QUICK["stage1_steps"], "stage2": run.QUICK["stage2_steps"]}
+    assert set(results["timings_s"]) == {"data", "stage 1", "stage 2", "evaluation", "total"}
     assert results["wall_time_s"] > 0
     assert set(results["routing_mean_weight"]) == set(LANGUAGES)
     for weights in results["routing_mean_weight"].values():
         assert len(weights) == 6 and abs(sum(weights) - 1.0) < 1e-4
-    for name in ("accuracy_by_language.png", "routing_heatmap.png", "loss.png", "loss_log.json"):
-        assert (out / name).stat().st_size > 0, name
+    summary = results["routing_summary"]
+    assert set(summary["tv_from_uniform"]) == set(LANGUAGES)
     # both stages ran through the trainer and logged losses
     log = json.loads((out / "loss_log.json").read_text(encoding="utf-8"))
     assert {e["stage"] for e in log if "loss" in e} == {1, 2}
-    # parrot-eval outputs cover all six languages
+    # the one evaluate() call covers all six languages, every question once
     evaluation = json.loads((out / "eval" / "results.json").read_text(encoding="utf-8"))
     assert set(evaluation["parrot_demo"]) == set(LANGUAGES)
-    lines = (out / "eval" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(LANGUAGES) * 4 * run.QUICK["test_per_kind"]
-    for name in ("results.md", "results.csv", "accuracy_by_language.png", "model_index.json"):
-        assert (out / "eval" / name).is_file(), name
-    # Hub-ready folder: remote code, auto_map, a card with the results
-    model_dir = out / "model"
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text("utf-8").splitlines()]
+    assert len(records) == len(LANGUAGES) * 4 * run.QUICK["test_per_kind"]
+    assert {r["language"] for r in records} == set(LANGUAGES)
+    for language in LANGUAGES:
+        hits = [r["hit"] for r in records if r["language"] == language]
+        assert results["accuracy"][language] == pytest.approx(100.0 * sum(hits) / len(hits))
+    # Hub-ready folder: remote code, auto_map, a card with the results that says it is a smoke test
+    config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
     assert config["auto_map"]["AutoModelForImageTextToText"].startswith("modeling_parrot.")
     assert config["use_moe"] is True
-    for name in ("modeling_parrot.py", "configuration_parrot.py", "processing_parrot.py", "model.safetensors"):
-        assert (model_dir / name).is_file(), name
-    card = (model_dir / "README.md").read_text(encoding="utf-8")
-    assert "parrot-demo" in card and "model-index" in card
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")
+    assert "parrot-demo" in card and "model-index" in card and "Smoke test" in card
+
+
+def test_terminal_summary_and_listing(demo_run):
+    out, printed = demo_run
+    assert "smoke test" in printed  # --quick says plainly what it is
+    for stage in ("1/4 data", "2/4 stage 1", "3/4 stage 2", "4/4 evaluation"):
+        assert f"[parrot-demo] {stage}" in printed, stage
+    assert "held-out accuracy" in printed and "overall" in printed
+    for kind in KINDS:
+        assert kind in printed
+    assert "distance from uniform" in printed
+    assert f"{out}/" in printed
+    for name in ("model/", "eval/", "data/", "routing_heatmap.png", "results.json"):
+        assert name in printed, name
 
 
 def test_loads_without_the_package_and_answers_through_pipeline(demo_run, tmp_path):
-    from transformers_parrot.demo.data import Scene, render
-
+    out, _ = demo_run
     image = tmp_path / "scene.png"
-    render(Scene("circle", "red", 1, "left", 7), 48).save(image)
-    proc = subprocess.run([sys.executable, "-c", LOADER, str(demo_run / "model"), str(image), QUESTIONS["pt"]["colour"]],
+    render(Scene("circle", "red", 1, "left", 7)).save(image)
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(out / "model"), str(image), QUESTIONS["pt"]["colour"]],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(info["answer"], str)
     assert not info["model_module"].startswith("transformers_parrot")
     assert not info["processor_module"].startswith("transformers_parrot")
+
+
+@pytest.mark.parametrize("languages", ["en,de", "xx", ",", "en,klingon,fr"])
+def test_unknown_language_is_a_clear_error(languages, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--languages", languages, "--output", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "parrot-demo: error:" in err and "Traceback" not in err
+    assert "en, zh, pt, ar, tr, ru" in err
+    for bad in (x for x in languages.split(",") if x and x not in LANGUAGES):
+        assert repr(bad) in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_language_aliases_keep_the_demo_order():
+    assert run.parse_languages("ru, cn,en") == ("en", "zh", "ru")
+    assert run.parse_languages("Arabic") == ("ar",)
+
+
+def test_routing_summary_against_a_hand_computation():
+    uniform = [1 / 6] * 6
+    one_hot = [1.0, 0, 0, 0, 0, 0]
+    summary = run.routing_summary({"en": uniform, "zh": one_hot})
+    assert summary["tv_from_uniform"]["en"] == pytest.approx(0.0)
+    assert summary["tv_from_uniform"]["zh"] == pytest.approx(5 / 6)  # 0.5 * (5/6 + 5 * 1/6)
+    assert summary["mean_pairwise_tv_between_languages"] == pytest.approx(5 / 6)
+    assert summary["max_abs_deviation_from_uniform"] == pytest.approx(5 / 6)
+    assert summary["top_expert"]["zh"] == 0
+
+
+def _coloured_cells(image) -> set[tuple[int, int]]:
+    """Cells of the drawing grid that contain non-white pixels."""
+    cell = IMAGE_SIZE // GRID
+    pixels = image.load()
+    return {(y // cell, x // cell) for y in range(IMAGE_SIZE) for x in range(IMAGE_SIZE)
+            if pixels[x, y] != (255, 255, 255)}
+
+
+def test_drawings_put_whole_shapes_in_patch_cells():
+    from transformers_parrot.demo.model import DemoModelConfig
+
+    assert DemoModelConfig().patch_size * GRID == DemoModelConfig().image_size == IMAGE_SIZE
+    for position, cell in POSITION_CELLS.items():
+        for seed in range(5):
+            assert _coloured_cells(render(Scene("star", "blue", 1, position, seed))) == {cell}
+    for count in (2, 3, 4):
+        for seed in range(5):
+            image = render(Scene("square", "green", count, None, seed))
+            assert len(_coloured_cells(image)) == count
+            assert {colour for _, colour in image.getcolors()} <= {(255, 255, 255), COLOURS["green"]}
+
+
+def test_training_questions_are_balanced_over_kinds(tmp_path):
+    summary = write_training_data(tmp_path, seed=2, num_images=600, stage1_samples=10)
+    per_kind = {kind: 0 for kind in KINDS}
+    for key, n in summary["stage2_by_language_kind_style"].items():
+        per_kind[key.split("/")[1]] += n
+    total = sum(per_kind.values())
+    assert total == 600 * 4
+    for kind, n in per_kind.items():
+        assert 0.21 < n / total < 0.29, (kind, n / total)
+    rows = json.loads((tmp_path / "stage2.json").read_text(encoding="utf-8"))
+    assert {row["language"] for row in rows} == set(LANGUAGES)
 
 
 def test_data_is_deterministic_and_well_formed(tmp_path):
@@ -108,7 +224,7 @@ def test_data_is_deterministic_and_well_formed(tmp_path):
 
     samples, bad = load_tsv(a[3], "ar")
     assert not bad and len(samples) == 12
-    assert {s.category for s in samples} == {"colour", "shape", "count", "position"}
+    assert {s.category for s in samples} == set(KINDS)
     assert all(s.answer in s.options and len(s.options) == 4 for s in samples)
     # answers are in the question's language: the Russian options are Cyrillic, the Chinese ones CJK
     ru = heldout_rows(5, "ru", 2)

@@ -8,14 +8,15 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..tiny import config_for_processor, tiny_processor
+from .data import GRID, IMAGE_SIZE
 
 
 @dataclass
 class DemoModelConfig:
     """Sizes of the demo model (defaults: about 1.3M parameters, fast on two CPU cores)."""
 
-    image_size: int = 48
-    patch_size: int = 12  # 4x4 patches + CLS = 17 visual tokens
+    image_size: int = IMAGE_SIZE
+    patch_size: int = IMAGE_SIZE // GRID  # one patch per drawing cell: 3x3 patches + CLS = 10 visual tokens
     vision_hidden: int = 64
     vision_layers: int = 3  # Parrot feeds layer -2 to the projector: 2 effective layers
     vision_heads: int = 4

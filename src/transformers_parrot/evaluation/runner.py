@@ -416,15 +416,19 @@ def evaluate(
     results: dict[str, dict] = {}
     skipped_report: dict[str, list[dict]] = {}
     ordered_records: list[dict] = []
+    bar = None  # one progress bar (with its ETA) for every file and language of this call
+    if tqdm is not None and progress:
+        names = sorted({data.name for data in datas})
+        bar = tqdm(total=sum(len(data.samples) for data in datas), desc=names[0] if len(names) == 1 else "evaluate",
+                   unit="q", dynamic_ncols=True)
     for data in datas:
         runtime_bad: list[BadRow] = []
         todo = [s for s in data.samples if (data.name, s.language, s.index) not in store]
         done = len(data.samples) - len(todo)
         if done:
             logger.info("%s: %d of %d rows already predicted in %s", data.name, done, len(data.samples), output_dir)
-        bar = None
-        if tqdm is not None and progress:
-            bar = tqdm(total=len(data.samples), initial=done, desc=f"{data.name}", unit="q", dynamic_ncols=True)
+        if bar is not None:
+            bar.update(done)
         try:
             for batch in _batches(todo, batch_size):
                 items: list[PromptItem] = []
@@ -450,9 +454,10 @@ def evaluate(
                     )
                 if bar is not None:
                     bar.update(len(batch))
-        finally:
+        except BaseException:
             if bar is not None:
                 bar.close()
+            raise
 
         bad_keys = {(b.language, b.index) for b in runtime_bad}
         records = []
@@ -482,6 +487,8 @@ def evaluate(
                 + (" ..." if len(all_bad) > 20 else ""),
             )
 
+    if bar is not None:
+        bar.close()
     store.finalize(ordered_records)
     if write_reports:
         from .report import write_reports as _write_reports
