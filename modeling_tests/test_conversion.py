@@ -1,5 +1,10 @@
-"""Conversion of original-format Parrot checkpoints (issue 3): a tiny checkpoint in the exact original layout is
-written here (random weights, original-style tokenizer without <image>) and converted, loaded and verified."""
+"""Conversion of original-format Parrot checkpoints: a tiny checkpoint in the exact original layout is written here
+(random weights, original-style tokenizer without <image>) and converted, loaded and verified.
+
+Sections: builders and fixtures; the key mapping table; the converted folder; input variants; refused checkpoints;
+input errors (every path checked before writing, clean `error:` lines and exit codes); publishing (`--push_to_hub`
+checked before any work); the command line (flag spellings, entry points); one home for auto_map and the
+model-index; the model card."""
 
 from __future__ import annotations
 
@@ -213,6 +218,33 @@ def _load_state(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
     return state
+
+
+# ------------------------------------------------------------------------------------------------ key mapping table
+def test_key_mapping_table_read_forward_matches_the_plan():
+    """Every original key the plan asks for, mapped forward by hand through the (original → ours, operation) table,
+    lands on the plan's target with the plan's operation; every tensor of the model is covered by the plan."""
+    import re
+
+    from transformers_parrot.conversion.key_mapping import KEY_MAPPING, Op
+    from transformers_parrot.modeling_parrot import ParrotForConditionalGeneration
+    from transformers_parrot.tiny import tiny_config
+
+    config = tiny_config()
+    with torch.device("meta"):
+        state = ParrotForConditionalGeneration(config).state_dict()
+    plan = conversion.build_plan(state, config.num_experts, vocab_rows=config.text_config.vocab_size, tied=False)
+    assert {piece.target for piece in plan.values()} == set(state)
+    for original, piece in plan.items():
+        hits = []
+        for pattern, ours, op in KEY_MAPPING:
+            regex = re.escape(pattern).replace(r"\*", "(.+)").replace(r"\{e\}", r"(\d+)")
+            match = re.fullmatch(regex, original)
+            if match:
+                hits.append((ours.replace("*", match.group(1)) if "*" in pattern else ours, op))
+        assert hits == [(piece.target, piece.op)], (original, hits)
+    experts = [p for p in plan.values() if p.op in (Op.STACK_GATE, Op.STACK_UP, Op.STACK_DOWN_T)]
+    assert len(experts) == 3 * config.num_experts
 
 
 # ------------------------------------------------------------------------------------------------ main conversion
@@ -493,7 +525,7 @@ def test_model_card_parses_back(converted, tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model == bases
     assert card.data.model_name == "Parrot-7B-hf" and len(card.data.eval_results) == 3
-    assert {e.dataset_name for e in card.data.eval_results} == {"MMMB (en)", "MMMB (zh)", "Multilingual MMBench (ar)"}
+    assert {e.dataset_name for e in card.data.eval_results} == {"MMMB (en)", "MMMB (zh)", "MMBench (ar)"}
     assert "me/Parrot-7B-hf" in card.text and "AIDC-AI/Parrot-7B" in card.text
 
     # the evaluator's model_index.json fragment works too (and recipe cards: training text, no conversion)
@@ -504,3 +536,269 @@ def test_model_card_parses_back(converted, tmp_path):
     card = build_model_card(result.config, model_name="my-parrot", results=fragment, training="Stage 2, 1 epoch.")
     parsed = ModelCard(str(card))
     assert parsed.data.eval_results[0].metric_value == 70.0 and "## Training" in parsed.text
+
+
+# ------------------------------------------------------------------------------------------------ input errors
+def _run_cli(*args: str) -> tuple[int, str, str]:
+    """parrot-convert in a subprocess (as a user runs it): exit code, stdout, stderr."""
+    run = subprocess.run([sys.executable, "-m", "transformers_parrot.conversion", *args], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return run.returncode, run.stdout, run.stderr
+
+
+def _assert_clean_error(code: int, err: str, *needles: str) -> str:
+    """Exit 2 with one `error:` line naming the problem, no traceback."""
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+@pytest.fixture(scope="session")
+def small_original(tmp_path_factory, original_tokenizer, clip_dir) -> Path:
+    return write_original(tmp_path_factory.mktemp("small") / "Parrot-tiny", original_tokenizer, clip_dir, shards=2)
+
+
+def test_mistyped_local_input_is_a_missing_local_folder(small_original, tmp_path):
+    typo = small_original.parent / "Parrot-tny"
+    line = _assert_clean_error(*_run_cli("--input", str(typo), "--output", str(tmp_path / "hf"))[::2],
+                               f"--input {typo}: no such local folder", "did you mean", "Parrot-tiny")
+    assert "repo" not in line.lower()
+    assert not (tmp_path / "hf").exists()
+
+
+def test_bare_name_not_local_and_hub_offline(tmp_path, monkeypatch, capsys):
+    """A bare name (valid as a repo id) that is no local folder, with the Hub offline: both said plainly."""
+    monkeypatch.chdir(tmp_path)
+    assert conversion.main(["--input", "Parrot-7b", "--output", str(tmp_path / "hf")]) == 2
+    line = _assert_clean_error(2, capsys.readouterr().err, "--input Parrot-7b: no such local folder", "offline")
+    assert "HF_HUB_OFFLINE" in line
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_corrupt_shard_exits_2_naming_the_file(tmp_path, original_tokenizer, clip_dir, fmt):
+    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, fmt=fmt, shards=2)
+    shard = sorted(original.glob(f"*.{fmt}"))[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # an interrupted download
+    _assert_clean_error(*_run_cli("--input", str(original), "--output", str(tmp_path / "hf"))[::2], shard.name)
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("case", ["results_missing", "results_not_json", "results_wrong_layout", "vision_tower",
+                                  "max_shard_size", "input_is_file"])
+def test_every_input_checked_before_writing(small_original, tmp_path, case, capsys):
+    """A bad path or value fails with exit 2 before anything is written; an existing output is left untouched
+    even with --overwrite."""
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous conversion")
+    bad = tmp_path / "results.json"
+    args = {"results_missing": ["--results", str(tmp_path / "missing.json")],
+            "results_not_json": ["--results", str(bad)],
+            "results_wrong_layout": ["--results", str(bad)],
+            "vision_tower": ["--vision_tower", str(tmp_path / "no-such-clip")],
+            "max_shard_size": ["--max_shard_size", "5 gigabytes"],
+            "input_is_file": []}[case]
+    bad.write_text("{not json" if case == "results_not_json" else json.dumps({"mmmb": [70.0]}))
+    source = str(small_original / "config.json") if case == "input_is_file" else str(small_original)
+    needle = {"results_missing": "missing.json", "results_not_json": "results.json", "results_wrong_layout": "mmmb",
+              "vision_tower": "no-such-clip: no such local folder", "max_shard_size": "--max_shard_size",
+              "input_is_file": "is a file"}[case]
+    code = conversion.main(["--input", source, "--output", str(out), "--overwrite", *args])
+    _assert_clean_error(code, capsys.readouterr().err, needle)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_verify_only_without_output_is_a_clean_error(small_original, tmp_path, capsys):
+    code = conversion.main(["--input", str(small_original), "--output", str(tmp_path / "none"), "--verify_only"])
+    _assert_clean_error(code, capsys.readouterr().err, "no converted model")
+
+
+def test_training_machine_vision_tower_error_recommends_what_works(tmp_path, original_tokenizer, clip_dir, capsys):
+    """Released configs name `/playground/models/clip-vit-large-patch14-336`. Offline, its config cannot be fetched:
+    the error says to download the tower and pass --vision_tower; a folder with only the config files (the
+    checkpoint carries the vision weights) then converts and verifies."""
+    import shutil
+
+    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir,
+                              mm_vision_tower="/playground/models/clip-vit-large-patch14-336")
+    out = tmp_path / "hf"
+    assert conversion.main(["--input", str(original), "--output", str(out)]) == 2
+    line = _assert_clean_error(2, capsys.readouterr().err, "openai/clip-vit-large-patch14-336",
+                               "hf download openai/clip-vit-large-patch14-336 --local-dir clip-vit-large-patch14-336",
+                               "--vision_tower clip-vit-large-patch14-336", "config.json and preprocessor_config.json")
+    assert not out.exists(), line
+
+    config_only = tmp_path / "clip-vit-large-patch14-336"
+    config_only.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(clip_dir / name, config_only / name)
+    assert conversion.main(["--input", str(original), "--output", str(out), "--vision_tower", str(config_only),
+                            "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "vision from checkpoint" in printed and "verification passed" in printed
+    state, orig = _load_state(out), _load_state(original)  # the checkpoint's own vision weights were kept
+    assert torch.equal(state["model.vision_tower.post_layernorm.weight"],
+                       orig["model.vision_tower.vision_tower.vision_model.post_layernorm.weight"])
+
+
+def test_config_only_tower_for_checkpoint_without_vision_weights_fails(tmp_path, original_tokenizer, clip_dir,
+                                                                      capsys):
+    import shutil
+
+    config_only = tmp_path / "clip-config"
+    config_only.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(clip_dir / name, config_only / name)
+    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, with_vision=False)
+    code = conversion.main(["--input", str(original), "--output", str(tmp_path / "hf"), "--vision_tower",
+                            str(config_only)])
+    _assert_clean_error(code, capsys.readouterr().err, "no vision weights", "with weights")
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+class FakeHub:
+    """Stands in for the Hub behind huggingface_hub.HfApi: a logged-in user, or a failure."""
+
+    def __init__(self, monkeypatch, *, token="hf_test", role="write", whoami_error=None, upload_error=None):
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        self.calls: list[tuple[str, object]] = []
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: token)
+
+        def whoami(api, *args, **kwargs):
+            self.calls.append(("whoami", api.token))
+            if whoami_error is not None:
+                raise whoami_error
+            return {"name": "me", "orgs": [{"name": "my-org"}], "auth": {"accessToken": {"role": role}}}
+
+        def create_repo(api, repo_id, **kwargs):
+            self.calls.append(("create_repo", repo_id))
+
+        def upload_folder(api, *, folder_path, repo_id, **kwargs):
+            self.calls.append(("upload_folder", (Path(folder_path), repo_id)))
+            if upload_error is not None:
+                raise upload_error
+
+        for name, fn in (("whoami", whoami), ("create_repo", create_repo), ("upload_folder", upload_folder)):
+            monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
+
+
+@pytest.mark.parametrize("case, code, needle", [
+    ("invalid_repo_id", 2, "not a valid Hub repo id"),
+    ("offline", 2, "HF_HUB_OFFLINE=1"),
+    ("no_token", 2, "hf auth login"),
+    ("read_only_token", 2, "read-only"),
+    ("foreign_namespace", 2, "cannot create repos under 'someone-else'"),
+    ("network", 3, "cannot reach the Hub"),
+])
+def test_push_to_hub_checked_before_any_work(small_original, tmp_path, monkeypatch, capsys, case, code, needle):
+    repo = {"invalid_repo_id": "me/bad repo!", "foreign_namespace": "someone-else/Parrot-hf"}.get(case, "me/Parrot-hf")
+    if case != "offline":
+        FakeHub(monkeypatch, token=None if case == "no_token" else "hf_test",
+                role="read" if case == "read_only_token" else "write",
+                whoami_error=ConnectionError("Name or service not known") if case == "network" else None)
+    out = tmp_path / "hf"
+    assert conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub", repo]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and needle in err and err.startswith("error: "), err
+    assert not out.exists()  # nothing was converted
+
+
+def test_push_to_hub_uploads_after_conversion_and_reports_upload_failure(small_original, tmp_path, monkeypatch,
+                                                                           capsys):
+    hub = FakeHub(monkeypatch)
+    out = tmp_path / "hf"
+    assert conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub",
+                            "my-org/Parrot-hf"]) == 0
+    assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "upload_folder"]
+    assert hub.calls[2][1] == (out, "my-org/Parrot-hf") and (out / "config.json").is_file()
+    assert "pushed" in capsys.readouterr().out
+
+    FakeHub(monkeypatch, upload_error=ConnectionError("connection reset"))
+    code = conversion.main(["--input", str(small_original), "--output", str(out), "--overwrite", "--push_to_hub",
+                            "me/Parrot-hf"])
+    err = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err and f"hf upload me/Parrot-hf {out}" in err, err
+    assert (out / "config.json").is_file()  # the converted folder stays for a retry
+
+
+def test_readme_publishing_uses_hf_cli_and_documents_exit_codes():
+    from transformers_parrot.conversion import errors
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "huggingface-cli" not in readme
+    section = readme.split("### Publishing", 1)[1].split("\n## ", 1)[0]
+    assert "hf auth login" in section
+    for code in (errors.EXIT_OK, errors.EXIT_VERIFICATION_FAILED, errors.EXIT_INPUT_ERROR, errors.EXIT_HUB_ERROR):
+        assert f"`{code}`" in readme.split("## Converting the released Parrot checkpoints", 1)[1].split("\n## ")[0]
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_every_flag_has_underscore_and_dashed_spelling(small_original, tmp_path):
+    parser = conversion.build_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.option_strings[0] == f"--{action.dest}", action.option_strings
+        if "_" in action.dest:
+            assert f"--{action.dest.replace('_', '-')}" in action.option_strings
+    underscore = ["--input", "a", "--output", "b", "--vision_tower", "v", "--max_shard_size", "1MB", "--verify_only",
+                  "--verify_dtype", "float32", "--model_name", "m", "--push_to_hub", "me/r"]
+    dashed = [arg.replace("_", "-") if arg.startswith("--") else arg for arg in underscore]
+    assert vars(parser.parse_args(underscore)) == vars(parser.parse_args(dashed))
+    assert parser.parse_args(dashed).max_shard_size == "1MB"
+
+
+def test_max_shard_size_uses_transformers_parser():
+    from transformers_parrot.conversion.writing import parse_shard_size
+
+    assert parse_shard_size("40KB") == 40_000 and parse_shard_size("1MiB") == 2**20 and parse_shard_size(123) == 123
+
+
+def test_console_script_and_conversion_script():
+    from importlib.metadata import entry_points
+
+    from transformers_parrot.cli import convert_main
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "parrot-convert"]
+    assert script.load() is convert_main
+    path = Path(__file__).resolve().parents[1] / "conversion" / "convert_parrot_weights_to_hf.py"
+    run = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "--max_shard_size" in run.stdout and "exit codes" in run.stdout, run.stderr
+
+
+# ------------------------------------------------------------------------------------------------ one home
+def test_auto_map_written_by_save_pretrained_and_converter_agree(converted, tmp_path):
+    from transformers_parrot.tiny import tiny_model
+
+    _, result = converted
+    model, _ = tiny_model()
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())["auto_map"]
+    assert json.loads((result.output / "config.json").read_text())["auto_map"] == saved
+    assert saved["AutoModelForVision2Seq"] == "modeling_parrot.ParrotForConditionalGeneration"
+
+
+def test_card_model_index_is_the_evaluators():
+    """A results.json goes through parrot-eval's own model-index builder: the card's eval results equal those of
+    the model_index.json parrot-eval writes for the same results."""
+    from transformers_parrot.evaluation.data import HUB_DATASET_REPO
+    from transformers_parrot.evaluation.report import model_index
+    from transformers_parrot.modelcard import eval_results_from
+
+    results = {"mmmb": {"en": {"overall": 70.0}, "zh": {"overall": 68.126}},
+               "mmbench": {"ar": {"overall": 57.82, "circular": True}}, "my_bench": {"test": 12.5}}
+    from_results = eval_results_from(results, "m")
+    canonical = {**results, "my_bench": {"test": {"overall": 12.5}}}
+    assert from_results == eval_results_from(model_index(canonical, "m"), "m")
+    assert {e.dataset_type for e in from_results} == {HUB_DATASET_REPO, "my_bench"}
+    assert eval_results_from({"MMMB": {"cn": 68.13}}, "m")[0].dataset_split == "zh"  # file code "cn" → ISO "zh"
+    with pytest.raises(ValueError, match="no 'overall'"):
+        eval_results_from({"mmmb": {"en": {"accuracy": 1.0}}}, "m")

@@ -17,50 +17,47 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
 
-LANGUAGES = ["en", "zh", "pt", "ar", "tr", "ru"]
-BENCHMARK_NAMES = {"mmmb": "MMMB", "mmbench": "Multilingual MMBench"}
-HUB_DATASET = "AIDC-AI/Parrot-dataset"
-# results.json uses the benchmarks' file codes ("cn" for Chinese); the card uses ISO codes.
-LANGUAGE_CODES = {"cn": "zh"}
+from .evaluation.data import LANGUAGES, UnknownLanguageError, is_builtin_benchmark, normalize_language
+from .evaluation.report import model_index
+
 PAPER = "https://arxiv.org/abs/2406.02539"
 
 
 def eval_results_from(results: str | os.PathLike | Mapping | None, model_name: str) -> list[EvalResult]:
-    """EvalResults from the evaluator's ``results.json`` ({benchmark: {language: {"overall": acc, ...}}}) or its
-    ``model_index.json`` fragment ({"model-index": [...]}), given as a path or an already-parsed mapping."""
+    """EvalResults from the evaluator's ``results.json`` ({benchmark: {language: {"overall": acc, ...} or acc}}) or
+    its ``model_index.json`` fragment ({"model-index": [...]}), given as a path or an already-parsed mapping.
+    A results.json goes through the evaluator's own model-index builder (`evaluation.report.model_index`)."""
     if results is None:
         return []
     if not isinstance(results, Mapping):
         results = json.loads(Path(results).read_text(encoding="utf-8"))
-    if "model-index" in results:
-        from huggingface_hub.repocard_data import model_index_to_eval_results
+    if "model-index" not in results:
+        results = model_index(_canonical_results(results), model_name)
+    _, evals = model_index_to_eval_results(results["model-index"])
+    return list(evals)
 
-        _, evals = model_index_to_eval_results(results["model-index"])
-        return list(evals)
-    evals = []
+
+def _canonical_results(results: Mapping) -> dict:
+    """results.json with every score a mapping with an "overall" accuracy, built-in benchmark names in lower case and
+    benchmark language codes canonical ("cn" → "zh")."""
+    canonical = {}
     for benchmark, per_language in results.items():
         if not isinstance(per_language, Mapping):
             raise ValueError(f"results[{benchmark!r}] must map languages to scores, got {type(per_language).__name__}")
-        name = BENCHMARK_NAMES.get(benchmark.lower(), benchmark)
-        builtin = benchmark.lower() in BENCHMARK_NAMES
+        scores = {}
         for language, score in per_language.items():
-            value = score.get("overall") if isinstance(score, Mapping) else score
-            if value is None:
+            score = dict(score) if isinstance(score, Mapping) else {"overall": score}
+            if score.get("overall") is None:
                 raise ValueError(f"results[{benchmark!r}][{language!r}] has no 'overall' accuracy")
-            circular = isinstance(score, Mapping) and bool(score.get("circular"))
-            evals.append(EvalResult(
-                task_type="visual-question-answering",
-                task_name="Multilingual multiple-choice VQA",
-                dataset_type=HUB_DATASET if builtin else benchmark,
-                dataset_name=f"{name} ({LANGUAGE_CODES.get(language, language)})",
-                dataset_config=benchmark if builtin else None,
-                dataset_split=language if builtin else None,
-                metric_type="accuracy",
-                metric_name="Accuracy (circular)" if circular else "Accuracy",
-                metric_value=round(float(value), 2),
-            ))
-    return evals
+            try:
+                language = normalize_language(language)
+            except UnknownLanguageError:
+                pass  # a custom benchmark's own split name
+            scores[language] = score
+        canonical[benchmark.lower() if is_builtin_benchmark(benchmark) else benchmark] = scores
+    return canonical
 
 
 def _describe(config: Any) -> list[str]:
@@ -210,4 +207,4 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
-__all__ = ["build_model_card", "write_model_card", "eval_results_from", "usage_snippets", "LANGUAGES"]
+__all__ = ["build_model_card", "write_model_card", "eval_results_from", "usage_snippets"]
