@@ -13,6 +13,11 @@ from conftest import chat, sharpen_routing
 # vLLM's CPU attention takes LLM head sizes 32, 64, 80, 96, 112, 128 and more: hidden 64 with 2 heads.
 TINY_VLLM_TEXT_CONFIG = {"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2,
                          "intermediate_size": 128}
+# LLM matrices and experts drawn with this std instead of 0.02, so that the visual tokens, hence the routing, move
+# the outputs: with another prompt's routing the greedy tokens change and log-probs move by about 0.1 (at 0.02 the
+# tiny LLM nearly ignores the image: 1e-6). The router and projector keep the conftest scale, where the routing
+# visibly depends on the prompt.
+SENSITIVE_STD = 0.2
 MAX_NEW_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-3
 
@@ -23,6 +28,12 @@ def save_tiny_parrot(directory: Path, **overrides):
 
     model, processor = tiny_model(seed=0, text_config=TINY_VLLM_TEXT_CONFIG, **overrides)
     sharpen_routing(model)
+    generator = torch.Generator().manual_seed(7)
+    experts = model.model.moe.experts
+    llm_matrices = [w for name, w in model.model.language_model.named_parameters() if w.ndim == 2 and "embed" not in name]
+    with torch.no_grad():
+        for weight in [*llm_matrices, experts.gate_up_proj, experts.down_proj]:
+            weight.copy_(torch.randn(weight.shape, generator=generator) * SENSITIVE_STD)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return model.eval(), processor
@@ -35,8 +46,25 @@ def chat_prompt(processor, question: str, n_images: int = 1) -> str:
 
 
 @torch.no_grad()
-def hf_greedy(model, processor, prompt: str, images: list | None, max_new_tokens: int = MAX_NEW_TOKENS):
-    """Greedy transformers `generate` on one prompt: (prompt ids, new token ids, log-prob of each new token)."""
+def hf_greedy(model, processor, prompt: str, images: list | None, max_new_tokens: int = MAX_NEW_TOKENS,
+              routing_prompt: str | None = None):
+    """Greedy transformers `generate` on one prompt: (prompt ids, new token ids, log-prob of each new token).
+
+    `routing_prompt`: route the images as this other prompt routes them (what a cache keyed by the image alone
+    would serve), instead of by `prompt`.
+    """
+    if routing_prompt is not None:
+        logits = {}
+        hook = model.model.moe.gate.register_forward_hook(lambda module, args, out: logits.setdefault("gate", out))
+        try:
+            hf_greedy(model, processor, routing_prompt, images, max_new_tokens=1)
+        finally:
+            hook.remove()
+        hook = model.model.moe.gate.register_forward_hook(lambda module, args, out: logits["gate"])
+        try:
+            return hf_greedy(model, processor, prompt, images, max_new_tokens)
+        finally:
+            hook.remove()
     batch = processor(text=[prompt], images=[images] if images else None, return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True,
                          return_dict_in_generate=True)
