@@ -569,22 +569,39 @@ def test_mistyped_local_input_is_a_missing_local_folder(small_original, tmp_path
     assert not (tmp_path / "hf").exists()
 
 
-def test_bare_name_not_local_and_hub_offline(tmp_path, monkeypatch, capsys):
-    """A bare name (valid as a repo id) that is no local folder, with the Hub offline: both said plainly."""
+@pytest.mark.parametrize("name, hint", [("Parrot-7b", None), ("models/Parrot-tny", "models/Parrot-tiny")])
+def test_repo_id_shaped_name_not_local_and_hub_offline(tmp_path, monkeypatch, capsys, name, hint):
+    """A name that is also a valid repo id and no local folder, with the Hub offline: both said plainly."""
     monkeypatch.chdir(tmp_path)
-    assert conversion.main(["--input", "Parrot-7b", "--output", str(tmp_path / "hf")]) == 2
-    line = _assert_clean_error(2, capsys.readouterr().err, "--input Parrot-7b: no such local folder", "offline")
-    assert "HF_HUB_OFFLINE" in line
+    (tmp_path / "models" / "Parrot-tiny").mkdir(parents=True)
+    assert conversion.main(["--input", name, "--output", str(tmp_path / "hf")]) == 2
+    line = _assert_clean_error(2, capsys.readouterr().err, f"--input {name}: no such local folder", "HF_HUB_OFFLINE")
+    assert hint is None or f"did you mean {hint}?" in line
     assert not (tmp_path / "hf").exists()
 
 
+def test_hub_download_failure_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def not_found(*args, **kwargs):
+        raise RuntimeError("404 Client Error: Repository Not Found for url: https://huggingface.co/api/models/x/y")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", not_found)
+    assert conversion.main(["--input", "someone/no-such-parrot", "--output", str(tmp_path / "hf")]) == 2
+    _assert_clean_error(2, capsys.readouterr().err, "no such local folder", "could not be downloaded",
+                        "Repository Not Found")
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_corrupt_shard_exits_2_naming_the_file(tmp_path, original_tokenizer, clip_dir, fmt):
+def test_corrupt_shard_exits_2_naming_the_file(tmp_path, original_tokenizer, clip_dir, fmt, capsys):
     original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, fmt=fmt, shards=2)
     shard = sorted(original.glob(f"*.{fmt}"))[1]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])  # an interrupted download
-    _assert_clean_error(*_run_cli("--input", str(original), "--output", str(tmp_path / "hf"))[::2], shard.name)
+    code = conversion.main(["--input", str(original), "--output", str(tmp_path / "hf")])
+    _assert_clean_error(code, capsys.readouterr().err, shard.name, "corrupt or incomplete")
     assert not (tmp_path / "hf").exists()
 
 

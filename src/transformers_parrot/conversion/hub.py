@@ -11,10 +11,14 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers.utils import logging
 
 from .errors import ConversionError, PublishError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 logger = logging.get_logger(__name__)
 
@@ -23,12 +27,9 @@ METADATA_PATTERNS = ["*.json", "*.txt", "*.md", "*.jinja", "*.model", "*.tiktoke
 
 
 def looks_local(name: str) -> bool:
-    """Whether ``name`` is meant as a local path rather than a Hub repo id (``org/name``, ``name``)."""
+    """Whether ``name`` can only be a local path, not a Hub repo id (``org/name`` or ``name``)."""
     text = str(name)
-    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
-        return True
-    head = text.split("/", 1)[0]
-    return "/" in text and Path(head).expanduser().is_dir()  # "checkpoints/Parrot-7b" under an existing folder
+    return text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
 
 
 def _missing_folder(name: str, what: str) -> str:
@@ -89,7 +90,7 @@ class PushTarget:
     """A Hub repo checked for publishing: its id and the API client holding the checked token."""
 
     repo_id: str
-    api: object
+    api: HfApi
 
 
 def check_push_target(repo_id: str) -> PushTarget:

@@ -202,7 +202,7 @@ class VisionSource:
 
 def _download_hint(repo: str, checkpoint_has_vision: bool) -> str:
     folder = repo.rsplit("/", 1)[-1]
-    hint = f"download it (`hf download {repo} --local-dir {folder}`) and pass --vision_tower {folder}"
+    hint = f"Download it (`hf download {repo} --local-dir {folder}`) and pass --vision_tower {folder}"
     if checkpoint_has_vision:
         hint += (" (the checkpoint carries the vision weights, so a folder with only its config.json and "
                  "preprocessor_config.json is enough)")
