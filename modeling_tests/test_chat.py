@@ -188,7 +188,7 @@ def test_compare_uses_routing_weights(local, image_file):
 
 def test_routing_chart():
     svg = routing_chart([0.1, 0.6, 0.3])
-    assert svg.count('class="parrot-bar"') == 3 and 'data-experts="3"' in svg
+    assert svg.count('class="parrot-bar"') == 3 and "<title>expert 1: 0.600000</title>" in svg
     heights = [float(part.split('"')[0]) for part in svg.split('height="')[2:]]  # after the svg's own height
     assert heights == pytest.approx([90 / 6, 90.0, 45.0])  # tallest bar at full height, proportional
 

@@ -191,7 +191,8 @@ class ChatApp:
                         clear_button = gr.Button("Clear chat", elem_id="parrot-clear")
                 with gr.Column(scale=1):
                     with gr.Accordion("Generation settings", open=True):
-                        max_new = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens")
+                        max_new = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens",
+                                            elem_id="parrot-max-new-tokens")
                         temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05,
                                                 label="Temperature (0 = greedy)")
                         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")

@@ -10,16 +10,16 @@ PLOT_HEIGHT = 90
 MARGIN = 6
 
 
-def routing_chart(weights: list[float], title: str = "") -> str:
-    """An SVG bar chart: one bar (`rect.parrot-bar`, `data-expert`, `data-weight`) per expert, the largest weight
-    at full height, the uniform weight 1/E as a dashed line, each bar labelled with its expert index and weight."""
+def routing_chart(weights: list[float], title: str = "", bar_width: int = BAR_WIDTH, gap: int = BAR_GAP) -> str:
+    """An SVG bar chart: one bar (`rect.parrot-bar`) per expert, the largest weight at full height, the uniform
+    weight 1/E as a dashed line, each bar labelled with its expert index and weight (two decimals; six in the
+    bar's tooltip, `expert i: w`). Only attributes the chat's HTML sanitizer keeps are used."""
     n = len(weights)
-    width = MARGIN * 2 + n * BAR_WIDTH + (n - 1) * BAR_GAP
+    width = MARGIN * 2 + n * bar_width + (n - 1) * gap
     bottom = 14 + PLOT_HEIGHT
     height = bottom + 18
-    parts = [f'<svg class="parrot-routing-chart" data-experts="{n}" xmlns="http://www.w3.org/2000/svg" '
-             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="routing weights of {n} experts">']
+    parts = [f'<svg class="parrot-routing-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}">']
     if title:
         parts.append(f"<title>{escape(title)}</title>")
     scale = PLOT_HEIGHT / max(max(weights, default=0.0), 1.0 / max(n, 1))
@@ -28,15 +28,14 @@ def routing_chart(weights: list[float], title: str = "") -> str:
                  f'stroke-dasharray="3,3" stroke-width="1"/>')
     best = max(range(n), key=lambda i: weights[i]) if n else -1
     for i, weight in enumerate(weights):
-        x = MARGIN + i * (BAR_WIDTH + BAR_GAP)
+        x = MARGIN + i * (bar_width + gap)
         h = max(0.0, weight) * scale
         colour = "#e8590c" if i == best else "#4c6ef5"
-        parts.append(f'<rect class="parrot-bar" data-expert="{i}" data-weight="{weight:.6f}" x="{x}" '
-                     f'y="{bottom - h:.1f}" width="{BAR_WIDTH}" height="{h:.1f}" fill="{colour}">'
-                     f"<title>expert {i}: {weight:.3f}</title></rect>")
-        parts.append(f'<text x="{x + BAR_WIDTH / 2}" y="{bottom - h - 3:.1f}" font-size="9" text-anchor="middle" '
+        parts.append(f'<rect class="parrot-bar" x="{x}" y="{bottom - h:.1f}" width="{bar_width}" height="{h:.1f}" '
+                     f'fill="{colour}"><title>expert {i}: {weight:.6f}</title></rect>')
+        parts.append(f'<text x="{x + bar_width / 2}" y="{bottom - h - 3:.1f}" font-size="9" text-anchor="middle" '
                      f'fill="currentColor">{weight:.2f}</text>')
-        parts.append(f'<text x="{x + BAR_WIDTH / 2}" y="{height - 4}" font-size="10" text-anchor="middle" '
+        parts.append(f'<text x="{x + bar_width / 2}" y="{height - 4}" font-size="10" text-anchor="middle" '
                      f'fill="currentColor">e{i}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -58,7 +57,7 @@ def comparison_html(rows: dict[str, tuple[str, list[float]]], rtl: frozenset = f
         cells.append(f'<div class="parrot-compare-cell" data-language="{escape(lang)}">'
                      f'<div class="parrot-compare-lang">{escape(lang)}</div>'
                      f'<div class="parrot-compare-question" dir="{direction}">{escape(question)}</div>'
-                     f"{routing_chart(weights, lang)}</div>")
+                     f"{routing_chart(weights, lang, bar_width=20, gap=4)}</div>")
     return f'<div class="parrot-compare">{"".join(cells)}</div>'
 
 
