@@ -247,7 +247,7 @@ def test_key_mapping_table_read_forward_matches_the_plan():
     assert len(experts) == 3 * config.num_experts
 
 
-# ------------------------------------------------------------------------------------------------ main conversion
+# ------------------------------------------------------------------------------------------------ the converted folder
 def test_converted_folder_layout_and_config(converted, original_tokenizer):
     original, result = converted
     out = result.output
@@ -425,7 +425,7 @@ def test_sharded_bin_vision_tower_override_bf16(tmp_path, original_tokenizer):
     assert report.ok, report.failures
 
 
-# ------------------------------------------------------------------------------------------------ failures
+# ------------------------------------------------------------------------------------------------ refused checkpoints
 def _expect_failure(tmp_path, original_tokenizer, clip_dir, hook, *needles, **config_overrides):
     original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, state_hook=hook, **config_overrides)
     with pytest.raises(conversion.ConversionError) as err:
@@ -497,45 +497,6 @@ def test_value_corruption_is_caught_by_verify(converted, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "routing_weights" in captured.err and "VERIFICATION FAILED" in captured.err
     assert "verification passed" not in captured.out
-
-
-# ------------------------------------------------------------------------------------------------ model card
-def test_model_card_parses_back(converted, tmp_path):
-    from huggingface_hub import ModelCard
-
-    from transformers_parrot.modelcard import build_model_card
-
-    _, result = converted
-    card = ModelCard.load(result.output / "README.md")
-    assert card.data.language == ["en", "zh", "pt", "ar", "tr", "ru"]
-    assert card.data.license == "apache-2.0"  # carried from the input's card
-    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
-    for snippet in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", 'pipeline("image-text-to-text"'):
-        assert snippet in card.text
-
-    results = {"mmmb": {"en": {"overall": 70.0}, "cn": {"overall": 68.13}},
-               "mmbench": {"ar": {"overall": 57.82, "circular": True}}}
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(results))
-    bases = ["Qwen/Qwen1.5-7B-Chat", "openai/clip-vit-large-patch14-336"]
-    built = build_model_card(result.config, model_name="Parrot-7B-hf", repo_id="me/Parrot-7B-hf",
-                             license="apache-2.0", base_models=bases, results=path,
-                             converted_from="AIDC-AI/Parrot-7B")
-    built.save(tmp_path / "README.md")
-    card = ModelCard.load(tmp_path / "README.md")
-    assert card.data.base_model == bases
-    assert card.data.model_name == "Parrot-7B-hf" and len(card.data.eval_results) == 3
-    assert {e.dataset_name for e in card.data.eval_results} == {"MMMB (en)", "MMMB (zh)", "MMBench (ar)"}
-    assert "me/Parrot-7B-hf" in card.text and "AIDC-AI/Parrot-7B" in card.text
-
-    # the evaluator's model_index.json fragment works too (and recipe cards: training text, no conversion)
-    fragment = {"model-index": [{"name": "Parrot-7B-hf", "results": [{
-        "task": {"type": "visual-question-answering"},
-        "dataset": {"name": "MMMB (en)", "type": "AIDC-AI/Parrot-dataset", "config": "mmmb", "split": "en"},
-        "metrics": [{"type": "accuracy", "value": 70.0}]}]}]}
-    card = build_model_card(result.config, model_name="my-parrot", results=fragment, training="Stage 2, 1 epoch.")
-    parsed = ModelCard(str(card))
-    assert parsed.data.eval_results[0].metric_value == 70.0 and "## Training" in parsed.text
 
 
 # ------------------------------------------------------------------------------------------------ input errors
@@ -819,3 +780,42 @@ def test_card_model_index_is_the_evaluators():
     assert eval_results_from({"MMMB": {"cn": 68.13}}, "m")[0].dataset_split == "zh"  # file code "cn" → ISO "zh"
     with pytest.raises(ValueError, match="no 'overall'"):
         eval_results_from({"mmmb": {"en": {"accuracy": 1.0}}}, "m")
+
+
+# ------------------------------------------------------------------------------------------------ model card
+def test_model_card_parses_back(converted, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from transformers_parrot.modelcard import build_model_card
+
+    _, result = converted
+    card = ModelCard.load(result.output / "README.md")
+    assert card.data.language == ["en", "zh", "pt", "ar", "tr", "ru"]
+    assert card.data.license == "apache-2.0"  # carried from the input's card
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
+    for snippet in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", 'pipeline("image-text-to-text"'):
+        assert snippet in card.text
+
+    results = {"mmmb": {"en": {"overall": 70.0}, "cn": {"overall": 68.13}},
+               "mmbench": {"ar": {"overall": 57.82, "circular": True}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    bases = ["Qwen/Qwen1.5-7B-Chat", "openai/clip-vit-large-patch14-336"]
+    built = build_model_card(result.config, model_name="Parrot-7B-hf", repo_id="me/Parrot-7B-hf",
+                             license="apache-2.0", base_models=bases, results=path,
+                             converted_from="AIDC-AI/Parrot-7B")
+    built.save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.base_model == bases
+    assert card.data.model_name == "Parrot-7B-hf" and len(card.data.eval_results) == 3
+    assert {e.dataset_name for e in card.data.eval_results} == {"MMMB (en)", "MMMB (zh)", "MMBench (ar)"}
+    assert "me/Parrot-7B-hf" in card.text and "AIDC-AI/Parrot-7B" in card.text
+
+    # the evaluator's model_index.json fragment works too (and recipe cards: training text, no conversion)
+    fragment = {"model-index": [{"name": "Parrot-7B-hf", "results": [{
+        "task": {"type": "visual-question-answering"},
+        "dataset": {"name": "MMMB (en)", "type": "AIDC-AI/Parrot-dataset", "config": "mmmb", "split": "en"},
+        "metrics": [{"type": "accuracy", "value": 70.0}]}]}]}
+    card = build_model_card(result.config, model_name="my-parrot", results=fragment, training="Stage 2, 1 epoch.")
+    parsed = ModelCard(str(card))
+    assert parsed.data.eval_results[0].metric_value == 70.0 and "## Training" in parsed.text

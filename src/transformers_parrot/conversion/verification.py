@@ -202,7 +202,8 @@ def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_t
     vision = resolve_vision(original, tensors, vision_tower)
 
     converted_config = read_json(output / "config.json", "converted model")
-    weight_dtype = dtype_from_name(converted_config.get("dtype") or converted_config.get("torch_dtype")) or torch.float32
+    declared = converted_config.get("dtype") or converted_config.get("torch_dtype")
+    weight_dtype = dtype_from_name(declared) or torch.float32
     if compute_dtype == "auto":
         n_params = sum(math.prod(i.shape) for i in tensors.values())
         total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
