@@ -1,10 +1,13 @@
-"""Fetch transformers' own common model tests (ModelTesterMixin, ConfigTester) for the installed version.
+"""Fetch transformers' own common tests (ModelTesterMixin, ConfigTester, ProcessorTesterMixin) for the installed
+version.
 
-The wheel ships without tests, the sdist on PyPI ships `tests/test_modeling_common.py` and
-`tests/test_configuration_common.py` but not the helper modules they import (`tests/generation`,
-`tests/exporters`, `tests/utils`); those get minimal stand-ins here (the generation and export mixins are not run:
-our own tests cover `generate`). Usage: `python modeling_tests/fetch_transformers_tests.py [DEST]`
-(default `.hf_tests/`); `modeling_tests/test_transformers_common.py` skips when the files are absent.
+The wheel ships without tests, the sdist on PyPI ships `tests/test_modeling_common.py`,
+`tests/test_configuration_common.py` and `tests/test_processing_common.py` but not the helper modules they import
+(`tests/generation`, `tests/exporters`, `tests/utils`, `utils/fetch_hub_objects_for_ci.py`); those get minimal
+stand-ins here (the generation and export mixins are not run: our own tests cover `generate`; the Hub fixture
+images map to one local image, the Hub's videos and audio stay URLs). Usage:
+`python modeling_tests/fetch_transformers_tests.py [DEST]` (default `.hf_tests/`);
+`modeling_tests/test_transformers_common.py` and `test_processing_common.py` skip when the files are absent.
 """
 
 from __future__ import annotations
@@ -17,11 +20,29 @@ from pathlib import Path
 
 import transformers
 
-FILES = ("tests/test_modeling_common.py", "tests/test_configuration_common.py")
+FILES = ("tests/test_modeling_common.py", "tests/test_configuration_common.py", "tests/test_processing_common.py")
+# stand-ins, by path relative to the suite folder (`hf_tests/` holds the test modules)
 STUBS = {
-    "generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
-    "exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
-    "utils/test_configuration_utils.py": "config_common_kwargs = {}\n",
+    "hf_tests/generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
+    "hf_tests/exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
+    "hf_tests/utils/test_configuration_utils.py": "config_common_kwargs = {}\n",
+    "utils/fetch_hub_objects_for_ci.py": '''"""Offline stand-in: the Hub's fixture images map to one local RGB image."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+LOCAL_IMAGE = Path(__file__).with_name("fixture_image.png")
+
+
+def url_to_local_path(url, return_url_if_not_found=True):
+    if not url.endswith((".png", ".jpg", ".jpeg")):
+        return url  # videos and audio: Parrot has no processor for them
+    if not LOCAL_IMAGE.exists():
+        pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(LOCAL_IMAGE)
+    return str(LOCAL_IMAGE)
+''',
 }
 
 
@@ -49,10 +70,11 @@ def fetch(dest: Path) -> Path:
                     if member.name.endswith("/" + wanted):
                         (package / Path(wanted).name).write_bytes(archive.extractfile(member).read())
     for relative, text in STUBS.items():
-        path = package / relative
+        path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        (path.parent / "__init__.py").touch()
+        if relative.startswith("hf_tests/"):
+            (path.parent / "__init__.py").touch()
     (package / "__init__.py").touch()
     return target
 

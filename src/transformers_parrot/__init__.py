@@ -7,8 +7,9 @@ for Hub remote code, so `save_pretrained` writes a folder that loads with `trust
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from ._compat import AutoModelForVision2Seq
+from ._compat import AutoModelForVision2Seq, register_image_processor
 from .configuration_parrot import ParrotConfig
+from .image_processing_parrot import ParrotImageProcessor
 from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
 from .processing_parrot import ParrotProcessor
 
@@ -20,12 +21,14 @@ AutoModelForImageTextToText.register(ParrotConfig, ParrotForConditionalGeneratio
 if AutoModelForVision2Seq is not None:  # removed in transformers 5
     AutoModelForVision2Seq.register(ParrotConfig, ParrotForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(ParrotConfig, ParrotProcessor, exist_ok=True)
+register_image_processor(ParrotConfig, ParrotImageProcessor)
 
 # Remote code: `save_pretrained` copies the modeling/configuration/processing files and writes `auto_map`.
 ParrotConfig.register_for_auto_class()
 ParrotForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 ParrotModel.register_for_auto_class("AutoModel")
 ParrotProcessor.register_for_auto_class("AutoProcessor")
+ParrotImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "ParrotConfig",
@@ -33,4 +36,5 @@ __all__ = [
     "ParrotModel",
     "ParrotForConditionalGeneration",
     "ParrotProcessor",
+    "ParrotImageProcessor",
 ]

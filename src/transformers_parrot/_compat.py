@@ -109,6 +109,17 @@ def llava_image_processor_class():
     return LlavaImageProcessor
 
 
+# 5.0 registers image processors per backend ("pil" / "torchvision"), 4.x as slow / fast; both still accept the
+# slow/fast keywords. Delete with 4.x support (then pass `image_processor_classes={backend: cls}`).
+def register_image_processor(config_class, image_processor_class) -> None:
+    """`AutoImageProcessor.register` under the backend `image_processor_class` is built on."""
+    from transformers import AutoImageProcessor
+
+    fast = not IS_TRANSFORMERS_4 and not llava_image_processor_class().__name__.endswith("Pil")
+    AutoImageProcessor.register(config_class, exist_ok=True,
+                                **{("fast" if fast else "slow") + "_image_processor_class": image_processor_class})
+
+
 # ---- Folders readable by both majors. A folder saved on 5.x must load on 4.57 (remote code is used on whatever
 # transformers a Hub user has). Delete the writers below with 4.x support; the readers with 5.x-saved-only folders.
 
@@ -168,9 +179,14 @@ def make_processor_files_portable(directory: Path) -> None:
 
 
 # 4.x finds a processor's parts through class attributes; 5.0 reads them from `__init__` and warns about the
-# attributes. Delete with 4.x support.
-class ProcessorPartsAttributes:
-    if IS_TRANSFORMERS_4:
+# attributes. Delete with 4.x support (processors then derive from `ProcessorMixin` itself, as on 5.x).
+if IS_TRANSFORMERS_4:
+    from transformers.processing_utils import ProcessorMixin as _ProcessorMixin
+
+    class ImageTextProcessorMixin(_ProcessorMixin):
         attributes = ["image_processor", "tokenizer"]
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
+
+else:
+    from transformers.processing_utils import ProcessorMixin as ImageTextProcessorMixin
