@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 from conftest import QUESTIONS, make_image, sharpen_routing
+from test_conversion import clip_dir, original_tokenizer, write_original  # noqa: F401  (fixtures, for the Space)
 
 from transformers_parrot.chat.backend import (
     ChatInputError,
@@ -369,3 +371,46 @@ def test_cli_without_model(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--model", "a", "--server", "http://b"])
 
+
+
+# ---------------------------------------------------------------------------------------------- the Hub Space
+def _space_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "space" / "app.py"
+    spec = importlib.util.spec_from_file_location("parrot_space_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_space_app_loads_a_native_folder(tmp_path, local):
+    pytest.importorskip("gradio")
+    space = _space_module()
+    native = tmp_path / "native"
+    local.model.save_pretrained(native)
+    local.processor.save_pretrained(native)
+    assert space.model_folder(str(native), str(tmp_path / "cache")) == str(native)
+    app = space.build(str(native))
+    assert app.backend.name == str(native) and app.backend.num_experts == 6
+    assert isinstance(app.build(), __import__("gradio").Blocks)
+
+
+def test_space_app_converts_an_original_checkpoint(tmp_path, original_tokenizer, clip_dir):
+    pytest.importorskip("gradio")
+    space = _space_module()
+    original = write_original(tmp_path / "Parrot-orig", original_tokenizer, clip_dir)
+    folder = space.model_folder(str(original), str(tmp_path / "cache"))
+    assert folder == str(tmp_path / "cache" / (str(original).strip("/").replace("/", "--") + "-hf"))
+    assert not os.path.exists(folder + ".partial")
+    backend = LocalBackend.from_pretrained(folder)
+    final = _run(backend, [], Turn("What is this?", _png(tmp_path)), Settings(max_new_tokens=3))[-1]
+    assert final.done and len(final.routing) == backend.num_experts == 3
+    assert space.model_folder(str(original), str(tmp_path / "cache")) == folder  # converted once
+
+
+def _png(folder) -> str:
+    path = folder / "q.png"
+    make_image(7).save(path)
+    return str(path)

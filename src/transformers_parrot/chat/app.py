@@ -32,7 +32,7 @@ CSS = """
 .parrot-compare { display: flex; flex-wrap: wrap; gap: 14px; }
 .parrot-compare-cell { display: flex; flex-direction: column; align-items: center; }
 .parrot-compare-lang { font-weight: 600; }
-.parrot-compare-question { font-size: 0.8em; max-width: 220px; text-align: center; }
+.parrot-compare-question { font-size: 0.8em; max-width: 150px; text-align: center; }
 textarea { unicode-bidi: plaintext; text-align: start; }
 """
 
