@@ -72,11 +72,7 @@ class Skip:
     reason: str
 
 
-RUN, CHECK = Run(), Check()
-
-
-def SKIP(reason: str) -> Skip:
-    return Skip(reason)
+RUN, CHECK, SKIP = Run(), Check(), Skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,6 +224,8 @@ def scratch(tmp_path_factory) -> Path:
         write_mmmb_tsv(root / path)
     for name in REPO_LINKS:
         (root / name).symlink_to(REPO / name)
+    missing = [path for path in STAND_INS if not (root / path).exists()]
+    assert not missing, f"STAND_INS without a stand-in: {missing}"
     return root
 
 
