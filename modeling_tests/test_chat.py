@@ -336,6 +336,18 @@ def test_prefill_and_compare(app, image_file):
     assert "Ask about an image first" in app.compare([], {"en": "q"})
 
 
+def test_server_mode_page_says_no_routing(fake_server):
+    pytest.importorskip("gradio")
+    from transformers_parrot.chat.app import ChatApp
+
+    app = ChatApp(ServerBackend(fake_server))
+    assert "Routing charts are not available in this mode" in app.header()
+    assert "only available for a model loaded in this process" in app.compare([Turn("q", "x.png", answer="a")],
+                                                                                 {"en": "q"})
+    history = list(app.answer([], "Quantas formas?", [], Settings(max_new_tokens=8)))[-1]
+    assert history[-1].answer == "Two shapes." and history[-1].routing is None
+
+
 def test_two_sessions_at_once(app, image_file):
     """Two tabs generating at the same time (two threads, one model) both get complete answers."""
     results = {}

@@ -245,6 +245,27 @@ def test_bad_input_never_breaks_the_page(page, artifacts, tmp_path):
     page.wait_for_selector("#parrot-chatbot svg.parrot-routing-chart", timeout=ANSWER_TIMEOUT_MS)
 
 
+def test_pasted_image(page, tmp_path):
+    """An image pasted into the input (a clipboard paste event carrying a PNG file) is asked about."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    make_image(12).save(buffer, format="PNG")
+    page.fill("#parrot-input textarea", QUESTIONS["pt"])
+    page.evaluate("""(b64) => {
+      const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+      const data = new DataTransfer();
+      data.items.add(new File([bytes], 'pasted.png', {type: 'image/png'}));
+      document.querySelector('#parrot-input textarea').dispatchEvent(
+        new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+    }""", base64.b64encode(buffer.getvalue()).decode())
+    page.wait_for_selector("#parrot-input img", timeout=30_000)
+    page.click(SUBMIT)
+    page.wait_for_selector("#parrot-chatbot svg.parrot-routing-chart", timeout=ANSWER_TIMEOUT_MS)
+    assert page.locator("#parrot-chatbot img").count() == 1
+
+
 def test_stop_button(page, tmp_path):
     picture = tmp_path / "stop.png"
     make_image(4).save(picture)
