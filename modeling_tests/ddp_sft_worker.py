@@ -1,4 +1,4 @@
-"""Worker of test_training.py::test_two_process_ddp: runs the SFT recipe under torchrun and dumps each rank's
+"""Worker of test_training.py::test_two_process_ddp: runs examples/train_sft.py under torchrun and dumps each rank's
 weights to <output_dir>/rank{r}.pt, with the number of steps in which one rank's batch held images and the other's
 did not."""
 
@@ -7,23 +7,30 @@ import sys
 
 import torch
 import torch.distributed as dist
+from test_training import run_example
+from transformers import TrainerCallback
 
-from transformers_parrot.training.scripts import sft_main
 
-if __name__ == "__main__":
-    has_images: list[bool] = []
+class RecordImages(TrainerCallback):
+    """Whether each training forward on this rank got images."""
 
-    def record(trainer):
-        model = trainer.model
+    def __init__(self):
+        self.has_images: list[bool] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         model.register_forward_pre_hook(
-            lambda module, args, kwargs: has_images.append(kwargs.get("pixel_values") is not None), with_kwargs=True
+            lambda module, args, kwargs: self.has_images.append(kwargs.get("pixel_values") is not None),
+            with_kwargs=True,
         )
 
-    trainer = sft_main(sys.argv[1:], before_train=record)
+
+if __name__ == "__main__":
+    record = RecordImages()
+    trainer = run_example("train_sft", sys.argv[1:], callbacks=[record])
     model = trainer.accelerator.unwrap_model(trainer.model)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     per_rank = [None] * dist.get_world_size()
-    dist.all_gather_object(per_rank, has_images)
+    dist.all_gather_object(per_rank, record.has_images)
     mixed_steps = sum(len(set(flags)) > 1 for flags in zip(*per_rank))
     rank = trainer.accelerator.process_index
     torch.save({"state": state, "world_size": trainer.accelerator.num_processes, "mixed_steps": mixed_steps,

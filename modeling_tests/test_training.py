@@ -1,16 +1,18 @@
 """Training recipes on TRL (issue 4): tiny model, offline, CPU.
 
-Every recipe runs a few optimizer steps through the real TRL trainer via the example scripts' entry points
-(`transformers_parrot.training.scripts`), with a `RouterProbe` inside the trainer.
+Every recipe runs a few optimizer steps through the real TRL trainer via the example scripts themselves
+(examples/train_*.py: their parser and `main`), with a `RouterProbe` inside the trainer.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ pytest.importorskip("peft")
 pytest.importorskip("datasets")
 
 from PIL import Image  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from transformers_parrot import (  # noqa: E402
     ParrotForConditionalGeneration,
@@ -38,10 +41,10 @@ from transformers_parrot.training import (  # noqa: E402
     build_parrot_from_pretrained,
     check_max_length,
     load_llava_json,
+    merge_adapter_checkpoint,
     merge_lora,
     mix_datasets,
 )
-from transformers_parrot.training.scripts import dpo_main, sft_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -122,15 +125,34 @@ def _losses(trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def _run(main, argv, **kwargs):
-    probes = []
+def load_example(name: str):
+    """examples/<name>.py as a module (its `make_parser` and `main`)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def attach(trainer):
-        probes.append(RouterProbe(trainer.model))
 
-    trainer = main(argv, before_train=attach, **kwargs)
-    probes[0].remove()
-    return trainer, probes[0]
+def run_example(name: str, argv: list[str], callbacks: list | None = None):
+    """Parse `argv` with the example's parser and run its `main`, as `python examples/<name>.py ARGV` does."""
+    example = load_example(name)
+    return example.main(*example.make_parser().parse_args_and_config(argv), callbacks=callbacks)
+
+
+class ProbeCallback(TrainerCallback):
+    """A `RouterProbe` on the trainer's model for the whole run."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.probe = RouterProbe(model)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.probe.remove()
+
+
+def _run(name, argv):
+    callback = ProbeCallback()
+    trainer = run_example(name, argv, callbacks=[callback])
+    return trainer, callback.probe
 
 
 def _assert_frozen_and_trained(before, after, frozen_prefixes, trained_prefixes):
@@ -171,7 +193,7 @@ def test_stage1(workdir, tmp_path):
             "--datasets",
             str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
             str(tmp_path / "out"), "--max_steps", "6", *COMMON]
-    trainer = sft_main(argv)
+    trainer = run_example("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     assert trainer.model.config.use_moe is False
@@ -186,7 +208,7 @@ def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
             str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir",
             str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "1e-3", "--multimodal_lr", "5e-3", *COMMON]
-    trainer, probe = _run(sft_main, argv)
+    trainer, probe = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     after = _state(trainer.model)
@@ -197,13 +219,13 @@ def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     assert probe.pairs and probe.max_abs_diff() < 1e-5
 
 
-def test_stage2_lora_merge(workdir, tmp_path):
+def test_stage2_lora_merge(workdir, tmp_path, caplog):
     before = _load_state(workdir)
     argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
             str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
             str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "5e-3", "--use_peft", "--lora_r", "4",
             "--lora_alpha", "8", "--lora_dropout", "0.0", *COMMON]
-    trainer, probe = _run(sft_main, argv)
+    trainer, probe = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     assert probe.pairs and probe.max_abs_diff() < 1e-5
@@ -230,6 +252,36 @@ def test_stage2_lora_merge(workdir, tmp_path):
     assert not any(isinstance(m, torch.nn.Module) and "lora" in type(m).__name__.lower()
                    for m in merge_lora(peft_model).modules())
 
+    # merging later from the saved adapter gives the run's own merged model: the config the recipe changed
+    # (use_moe on; the stage-1 base has it off) is saved with the adapter, not taken from the base
+    from transformers_parrot.routing import routing_weights
+
+    assert ParrotForConditionalGeneration.from_pretrained(workdir / "parrot").config.use_moe is False
+    later = merge_adapter_checkpoint(workdir / "parrot", tmp_path / "out", tmp_path / "later").eval()
+    reloaded = ParrotForConditionalGeneration.from_pretrained(tmp_path / "later").eval()
+
+    def config_dict(model):
+        return {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+
+    assert reloaded.config.use_moe is True
+    assert config_dict(later) == config_dict(reloaded) == config_dict(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, merged_logits, atol=0, rtol=0)
+    image = Image.open(workdir / "images/img0.png")
+    weights = routing_weights(reloaded, ParrotProcessor.from_pretrained(tmp_path / "later"), [image], ["What colour?"])
+    torch.testing.assert_close(weights, routing_weights(merged, processor, [image], ["What colour?"]))
+
+    # an adapter folder saved without the config (older versions) gets the stage-2 recipe's changes, with a warning
+    import shutil
+
+    legacy = tmp_path / "legacy-adapter"
+    shutil.copytree(tmp_path / "out", legacy, ignore=shutil.ignore_patterns("merged", "config.json"))
+    with caplog.at_level("WARNING"):
+        legacy_merged = merge_adapter_checkpoint(workdir / "parrot", legacy, tmp_path / "legacy-merged").eval()
+    assert "no config.json" in caplog.text and legacy_merged.config.use_moe is True
+    with torch.no_grad():
+        torch.testing.assert_close(legacy_merged(**batch).logits, merged_logits, atol=0, rtol=0)
+
 
 @pytest.mark.parametrize("visual_ratio", [0.0, 0.5])
 def test_mlan(workdir, tmp_path, visual_ratio):
@@ -238,7 +290,7 @@ def test_mlan(workdir, tmp_path, visual_ratio):
             "--visual_datasets", str(workdir / "visual.json"), "--visual_ratio", str(visual_ratio),
             "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"),
             "--max_steps", "6", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4", *COMMON]
-    trainer, probe = _run(sft_main, argv, mlan=True)
+    trainer, probe = _run("train_mlan", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     after = _state(trainer.model)
@@ -276,7 +328,7 @@ def test_dpo(workdir, tmp_path, use_peft):
             "--learning_rate", "5e-3", "--beta", "0.5", *COMMON]
     if use_peft:
         argv += ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
-    trainer, probe = _run(dpo_main, argv)
+    trainer, probe = _run("train_dpo", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     assert probe.pairs and probe.max_abs_diff() < 1e-5
@@ -293,19 +345,17 @@ def test_resume_from_checkpoint(workdir, tmp_path):
             str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--max_steps", "4",
             "--learning_rate", "1e-3", *COMMON]
     base[base.index("--save_strategy") + 1] = "steps"
-    full = sft_main(base + ["--output_dir", str(tmp_path / "full"), "--save_steps", "2"])
+    full = run_example("train_sft", base + ["--output_dir", str(tmp_path / "full"), "--save_steps", "2"])
     assert (tmp_path / "full" / "checkpoint-2").is_dir()
-    from transformers import TrainerCallback
-
     executed = []
 
     class Steps(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             executed.append(state.global_step)
 
-    resumed = sft_main(base + ["--output_dir", str(tmp_path / "resumed"), "--save_steps", "2",
-                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")],
-                       before_train=lambda trainer: trainer.add_callback(Steps()))
+    resumed = run_example("train_sft", base + ["--output_dir", str(tmp_path / "resumed"), "--save_steps", "2",
+                                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")],
+                          callbacks=[Steps()])
     assert executed == [3, 4]  # continued where it stopped
     full_losses = {e["step"]: e["loss"] for e in full.state.log_history if "loss" in e}
     resumed_losses = {e["step"]: e["loss"] for e in resumed.state.log_history if "loss" in e}
@@ -323,11 +373,12 @@ def _llava(tmp_path, entries):
 
 
 GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+TAGGED = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "hello"}]
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"id": "missing", "image": "nope.png", "conversations": GOOD["conversations"]}, "image file not found: .*nope.png"),
-    ({"id": "broken", "image": "broken.png", "conversations": GOOD["conversations"]}, "unreadable image .*broken.png"),
+    ({"id": "missing", "image": "nope.png", "conversations": TAGGED}, "image file not found: .*nope.png"),
+    ({"id": "broken", "image": "broken.png", "conversations": TAGGED}, "unreadable image .*broken.png"),
     ({"id": "role", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
      "unknown \"from\" role 'robot'"),
     ({"id": "empty", "conversations": []}, "empty conversation"),
@@ -335,6 +386,7 @@ GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "hi"}, {"from":
                                                            {"from": "gpt", "value": "y"}]}, "2 <image> tag"),
     ({"id": "notag", "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
      "1 <image> tag.*0 image"),
+    ({"id": "untagged", "image": "ok.png", "conversations": GOOD["conversations"]}, "0 <image> tag.*1 image"),
 ])
 def test_bad_data_raise_and_skip(tmp_path, bad, message):
     _write_image(tmp_path / "ok.png", 0)
@@ -348,6 +400,50 @@ def test_bad_data_raise_and_skip(tmp_path, bad, message):
     assert bad["id"] in report.examples[0]
     streamed = list(load_llava_json(path, tmp_path, on_error="skip", streaming=True))
     assert len(streamed) == 2
+
+
+def test_skipped_samples_are_counted_on_stdout(workdir, tmp_path, capsys):
+    """`--on_bad_sample skip` drops a bad sample (here an image without an `<image>` tag) and the script prints the
+    counts without any logging set up."""
+    visual = json.loads((workdir / "visual.json").read_text())[:2]
+    untagged = {"id": "untagged", "image": visual[0]["image"], "conversations": [
+        {"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "Noise."}]}
+    data = _llava(tmp_path, [*visual, untagged])
+    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(data),
+            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+            *COMMON]
+    with pytest.raises(ParrotDataError, match=r"sample 'untagged' \(#2\): 0 <image> tag"):
+        run_example("train_sft", argv)
+    capsys.readouterr()
+    run_example("train_sft", [*argv, "--on_bad_sample", "skip"])
+    assert "training data: read 3, kept 2, skipped 1 (format: 1)" in capsys.readouterr().out
+
+
+def test_paper_defaults_through_trl_parser(tmp_path):
+    """Unset flags follow the paper, set ones (command line or --config YAML) win, and neither checkpointing name
+    triggers transformers' deprecation warning unless the user passes the old one."""
+    sft, dpo = load_example("train_sft").make_parser(), load_example("train_dpo").make_parser()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, args, _ = sft.parse_args_and_config(["--output_dir", str(tmp_path)])
+        _, dpo_args, _ = dpo.parse_args_and_config(["--output_dir", str(tmp_path)])
+    assert args.learning_rate is None  # filled with the stage's rate by prepare_stage (test_stage1: 1e-3)
+    assert (args.lr_scheduler_type, args.warmup_steps, args.num_train_epochs, args.max_length) == (
+        "cosine", 0.03, 1.0, 2048)
+    assert getattr(args, CHECKPOINTING_ARG) is True and args.assistant_only_loss and args.bf16 is False
+    assert (dpo_args.learning_rate, dpo_args.max_length, getattr(dpo_args, CHECKPOINTING_ARG)) == (5e-7, 2048, True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"learning_rate: 0.0003\nnum_train_epochs: 2\n{CHECKPOINTING_ARG}: false\n")
+    _, args, _ = sft.parse_args_and_config(["--config", str(recipe), "--output_dir", str(tmp_path),
+                                            "--num_train_epochs", "3"])
+    assert (args.learning_rate, args.num_train_epochs, getattr(args, CHECKPOINTING_ARG)) == (3e-4, 3.0, False)
+    sft = load_example("train_sft").make_parser()  # a parser keeps the defaults of the --config file it read
+    if CHECKPOINTING_ARG == "activation_checkpointing":  # the old name still works (with transformers' warning)
+        with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+            _, args, _ = sft.parse_args_and_config(["--output_dir", str(tmp_path), "--gradient_checkpointing", "False"])
+        assert args.activation_checkpointing is False
+    with pytest.raises(ValueError, match="packing"):
+        sft.parse_args_and_config(["--output_dir", str(tmp_path), "--packing", "True"])
 
 
 def test_llava_conversion_and_mixing(workdir):

@@ -3,18 +3,19 @@ and merge LoRA-trained models back into plain checkpoints."""
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
 from .._compat import unwrap_clip_vision
 from ..configuration_parrot import ParrotConfig
 from ..modeling_parrot import ParrotForConditionalGeneration
 from ..processing_parrot import IMAGE_TOKEN, ParrotProcessor, default_image_processor
+from .recipes import STAGE_CONFIG
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def _vision_model(name_or_path: str, dtype, **hub_kwargs):
@@ -134,18 +135,35 @@ def save_merged(model, processor, output_dir: str | os.PathLike, **save_kwargs) 
     return merged
 
 
-def merge_adapter_checkpoint(base_model_path: str, adapter_path: str, output_dir: str, **load_kwargs):
-    """Merge a saved LoRA adapter (a trainer checkpoint / output folder) onto its base Parrot checkpoint."""
+def merge_adapter_checkpoint(base_model_path: str | os.PathLike, adapter_path: str | os.PathLike,
+                             output_dir: str | os.PathLike, **load_kwargs) -> ParrotForConditionalGeneration:
+    """Merge a LoRA adapter saved by the recipes (an output folder or a `checkpoint-N` folder) onto its base Parrot
+    checkpoint and save a plain checkpoint + processor to `output_dir`: the same model as the run's own
+    `<output_dir>/merged`.
+
+    The config comes from the adapter folder, where the trainers save it: the recipe changed it while training
+    (stage 2 turns `use_moe` on), so the base checkpoint's config no longer describes the trained model. An adapter
+    folder without one (saved by an older version) gets the base config with the stage-2 changes of `STAGE_CONFIG`,
+    the only stage that trains adapters, and a warning.
+    """
     from peft import PeftModel
+    from transformers.utils import CONFIG_NAME, cached_file
 
-    from ..processing_parrot import ParrotProcessor as _Processor
-
-    base = ParrotForConditionalGeneration.from_pretrained(base_model_path, **load_kwargs)
+    # (a folder without config.json would load as a default config, not fail)
+    if cached_file(adapter_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False) is not None:
+        config = ParrotConfig.from_pretrained(adapter_path)
+    else:
+        config = ParrotConfig.from_pretrained(base_model_path)
+        for key, value in STAGE_CONFIG[2].items():
+            setattr(config, key, value)
+        logger.warning("%s holds no config.json (saved by an older version): using %s's config with the stage-2 "
+                       "recipe's changes %s", adapter_path, base_model_path, STAGE_CONFIG[2])
+    base = ParrotForConditionalGeneration.from_pretrained(base_model_path, config=config, **load_kwargs)
     model = PeftModel.from_pretrained(base, adapter_path)
     try:
-        processor = _Processor.from_pretrained(adapter_path)
+        processor = ParrotProcessor.from_pretrained(adapter_path)
     except (OSError, ValueError):
-        processor = _Processor.from_pretrained(base_model_path)
+        processor = ParrotProcessor.from_pretrained(base_model_path)
     return save_merged(model, processor, output_dir)
 
 

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import collections
 import json
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from transformers.utils import logging
 
-IMAGE_TAG = "<image>"
+from ..processing_parrot import IMAGE_TOKEN
+
+logger = logging.get_logger(__name__)
+
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 ROLES = ("system", "user", "assistant")
 ON_ERROR = ("raise", "skip")
@@ -91,9 +93,9 @@ def check_image(path: str, where: str) -> None:
 def _text_items(text: str) -> tuple[list[dict], int]:
     """A turn's text with `<image>` tags → content items (images first, as Parrot's template renders them) and the
     number of tags. The newline that separates a tag from the text is dropped: the template writes its own."""
-    count = text.count(IMAGE_TAG)
+    count = text.count(IMAGE_TOKEN)
     if count:
-        text = "\n".join(part.strip("\n") for part in text.split(IMAGE_TAG)).strip("\n")
+        text = "\n".join(part.strip("\n") for part in text.split(IMAGE_TOKEN)).strip("\n")
     items = [{"type": "image", "text": None} for _ in range(count)]
     items.append({"type": "text", "text": text})
     return items, count
@@ -132,14 +134,10 @@ def _normalize_messages(messages: Any, num_images: int, where: str) -> list[dict
         raise ParrotDataError(f"{where}: the conversation has no assistant turn to train on")
     if out[-1]["role"] != "assistant":
         raise ParrotDataError(f"{where}: the conversation ends with a {out[-1]['role']} turn, not an answer")
-    if tags == 0 and num_images and messages and all(isinstance(m.get("content"), str) for m in messages):
-        # plain-string conversations with images but no tag: images go before the first user text (TRL's rule)
-        first_user = next(i for i, m in enumerate(out) if m["role"] == "user")
-        out[first_user]["content"] = [{"type": "image", "text": None}] * num_images + out[first_user]["content"]
-        tags = num_images
-    if tags != num_images:
+    if tags != num_images:  # an image without a tag would be dropped silently: every image needs its place
         raise ParrotDataError(
-            f"{where}: {tags} {IMAGE_TAG} tag(s) in the conversation but {num_images} image(s) in the sample"
+            f"{where}: {tags} {IMAGE_TOKEN} tag(s) in the conversation but {num_images} image(s) in the sample "
+            f"(put one {IMAGE_TOKEN} where each image goes)"
         )
     return out
 

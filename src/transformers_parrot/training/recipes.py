@@ -1,31 +1,24 @@
-"""Parrot's training recipes on TRL (paper §3; MLAN and DPO, parrot-notes §6): which parameters train in each
-stage, LoRA for the LLM, optimizer parameter groups with a separate projector/MoE learning rate, the paper's
-default hyperparameters, image-safe `max_length`, and a probe that checks the MoE router never sees answers."""
+"""Parrot's training recipes on TRL (paper §3; MLAN and DPO): which parameters train in each stage and what the
+stage changes in the model's config, LoRA for the LLM, optimizer parameter groups with a separate projector/MoE
+learning rate, the trainers (which also save the config next to LoRA adapters), image-safe `max_length`, and a probe
+that checks the MoE router never sees answers. The paper's default hyperparameters are the defaults of
+`configs.ParrotSFTConfig` / `ParrotDPOConfig`."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
-from .._compat import CHECKPOINTING_ARG
+logger = logging.get_logger(__name__)
 
-logger = logging.getLogger(__name__)
-
-# paper §3 (and the release scripts): learning rate per stage; shared schedule
+# paper §3 (and the release scripts): learning rate per stage
 STAGE_LEARNING_RATE = {1: 1e-3, 2: 2e-5}
-PAPER_DEFAULTS: dict[str, Any] = {
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,  # transformers 5: a float < 1 is a ratio of the total steps
-    "weight_decay": 0.0,
-    "num_train_epochs": 1,
-    "max_length": 2048,
-    CHECKPOINTING_ARG: True,
-    "assistant_only_loss": True,
-}
+# what each stage changes in the model's config (stage 1 bypasses the MoE); LoRA adapters are always stage 2
+STAGE_CONFIG: dict[int, dict[str, Any]] = {1: {"use_moe": False}, 2: {"use_moe": True}}
 # the LLM's linear layers: LoRA targets when the user names none (a regex, so the vision tower is never targeted)
 LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 MULTIMODAL_MODULES = ("multi_modal_projector", "moe")
@@ -33,13 +26,6 @@ MULTIMODAL_MODULES = ("multi_modal_projector", "moe")
 
 def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def paper_defaults(stage: int) -> dict[str, Any]:
-    """Training-argument defaults of the paper for `stage` (1: alignment, 2: instruction tuning)."""
-    if stage not in STAGE_LEARNING_RATE:
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
-    return {**PAPER_DEFAULTS, "learning_rate": STAGE_LEARNING_RATE[stage], "bf16": bf16_available()}
 
 
 def _parrot(model) -> nn.Module:
@@ -53,7 +39,8 @@ def _parrot(model) -> nn.Module:
 
 
 def setup_stage(model, stage: int, train_vision: bool = False) -> dict[str, int]:
-    """Set `requires_grad` for a full-parameter stage and the MoE switch; returns parameter counts.
+    """Set `requires_grad` for a full-parameter stage and apply the stage's config (`STAGE_CONFIG`); returns
+    parameter counts.
 
     stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed).
     stage 2: projector, MoE and LLM (embeddings and LM head included) train, vision tower frozen unless
@@ -61,15 +48,15 @@ def setup_stage(model, stage: int, train_vision: bool = False) -> dict[str, int]
     """
     parrot = _parrot(model)
     if stage == 1:
-        parrot.config.use_moe = False
         trainable = ("model.multi_modal_projector.",)
     elif stage == 2:
-        parrot.config.use_moe = True
         trainable = ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head.")
         if train_vision:
             trainable += ("model.vision_tower.",)
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
+    for key, value in STAGE_CONFIG[stage].items():
+        setattr(parrot.config, key, value)
     for name, parameter in parrot.named_parameters():
         parameter.requires_grad_(name.startswith(trainable))
     return count_parameters(parrot)
@@ -127,11 +114,23 @@ def build_param_groups(model, learning_rate: float, weight_decay: float, multimo
     return out
 
 
-class ParrotOptimizerMixin:
-    """Trainer mixin: a separate learning rate for projector + MoE (`multimodal_lr`), as the original's
-    projector learning rate. The LR scheduler scales every group by the same factor."""
+class ParrotTrainerMixin:
+    """What Parrot's trainers add to TRL's:
+    - a separate learning rate for projector + MoE (`multimodal_lr`), as the original's projector learning rate
+      (the LR scheduler scales every group by the same factor);
+    - the model's config saved next to LoRA adapters (in the output folder and every checkpoint): the recipe changed
+      it (`STAGE_CONFIG`), so the base checkpoint's config no longer describes the trained model, and
+      `builder.merge_adapter_checkpoint` reads it from there.
+    """
 
     multimodal_lr: float | None = None
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        from peft import PeftModel
+
+        super()._save(output_dir, state_dict=state_dict)
+        if isinstance(self.model, PeftModel):
+            _parrot(self.model).config.save_pretrained(output_dir or self.args.output_dir)
 
     def create_optimizer(self, model=None):
         if self.multimodal_lr is None or self.optimizer is not None:
@@ -151,15 +150,15 @@ class ParrotOptimizerMixin:
 def _trainer_classes():
     from trl import DPOTrainer, SFTTrainer
 
-    class ParrotSFTTrainer(ParrotOptimizerMixin, SFTTrainer):
-        """`trl.SFTTrainer` with an optional separate projector/MoE learning rate."""
+    class ParrotSFTTrainer(ParrotTrainerMixin, SFTTrainer):
+        """`trl.SFTTrainer` + `ParrotTrainerMixin`."""
 
         def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
             self.multimodal_lr = multimodal_lr
             super().__init__(*args, **kwargs)
 
-    class ParrotDPOTrainer(ParrotOptimizerMixin, DPOTrainer):
-        """`trl.DPOTrainer` with an optional separate projector/MoE learning rate."""
+    class ParrotDPOTrainer(ParrotTrainerMixin, DPOTrainer):
+        """`trl.DPOTrainer` + `ParrotTrainerMixin`."""
 
         def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
             self.multimodal_lr = multimodal_lr
@@ -270,7 +269,7 @@ class RouterProbe:
 
 
 __all__ = [
-    "STAGE_LEARNING_RATE", "PAPER_DEFAULTS", "LLM_LORA_TARGETS", "paper_defaults", "bf16_available", "setup_stage",
-    "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotOptimizerMixin",
+    "STAGE_LEARNING_RATE", "STAGE_CONFIG", "LLM_LORA_TARGETS", "bf16_available", "setup_stage",
+    "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotTrainerMixin",
     "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "RouterProbe",
 ]
