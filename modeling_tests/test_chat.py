@@ -426,3 +426,22 @@ def _png(folder) -> str:
     path = folder / "q.png"
     make_image(7).save(path)
     return str(path)
+
+
+def test_one_request_per_tab(app, image_file):
+    """A second request of the same tab stops the running one and starts only after it has finished."""
+    order, started = [], threading.Event()
+
+    def first():
+        with app.turn("tab"):
+            for history in app.answer([], "long", [image_file], Settings(max_new_tokens=400), "tab"):
+                started.set()
+            order.append(("first done", history[-1].stopped))
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert started.wait(60)
+    with app.turn("tab"):
+        order.append(("second starts", None))
+    worker.join(60)
+    assert order == [("first done", True), ("second starts", None)]

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import unicodedata
+from contextlib import contextmanager
 from html import escape
 from typing import Iterator
 
@@ -23,6 +24,7 @@ from .examples import LANGUAGE_NAMES, LANGUAGES, RTL_LANGUAGES, bundled_image_pa
 logger = logging.getLogger("transformers_parrot.chat")
 
 DEFAULT_CONCURRENCY = 2
+SESSION_WAIT_S = 30.0  # how long a new request waits for the stopped previous one of the same tab to finish
 CSS = """
 .parrot-text { white-space: pre-wrap; unicode-bidi: plaintext; text-align: start; }
 .parrot-error { color: #c92a2a; white-space: pre-wrap; }
@@ -88,7 +90,22 @@ class ChatApp:
         self.notice = notice
         self.example_image = bundled_image_path()
         self._stops: dict[str, threading.Event] = {}
+        self._turns: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+
+    @contextmanager
+    def turn(self, session: str):
+        """One request of a tab at a time: a new one (an example clicked mid-answer) stops the running one and
+        waits for it to finish, so their updates of the chat cannot interleave."""
+        with self._lock:
+            lock = self._turns.setdefault(session, threading.Lock())
+        self.stop(session)
+        acquired = lock.acquire(timeout=SESSION_WAIT_S)
+        try:
+            yield
+        finally:
+            if acquired:
+                lock.release()
 
     def _new_stop(self, session: str) -> threading.Event:
         """A fresh stop event for `session`; a generation still running in the same tab is stopped."""
@@ -214,21 +231,21 @@ class ChatApp:
             def settings_of(n, t, p) -> Settings:
                 return Settings(max_new_tokens=int(n), temperature=float(t), top_p=float(p))
 
+            def stream(turns, question, files, settings, session):
+                with self.turn(session):
+                    for turns_now in self.answer(turns, question, files, settings, session):
+                        yield render(turns_now), turns_now, gr.MultimodalTextbox(value=None, interactive=False)
+                    yield gr.skip(), gr.skip(), gr.MultimodalTextbox(interactive=True)
+
             def respond(message, turns, n, t, p, request: gr.Request):
                 message = message or {}
-                updates = self.answer(turns, message.get("text"), list(message.get("files") or []),
-                                      settings_of(n, t, p), request.session_hash or "")
-                for turns_now in updates:
-                    yield render(turns_now), turns_now, gr.MultimodalTextbox(value=None, interactive=False)
-                yield gr.skip(), gr.skip(), gr.MultimodalTextbox(interactive=True)
+                yield from stream(turns, message.get("text"), list(message.get("files") or []),
+                                  settings_of(n, t, p), request.session_hash or "")
 
             def run_example(question):
                 def handler(n, t, p, request: gr.Request):
-                    updates = self.answer([], question, [self.example_image], settings_of(n, t, p),
-                                          request.session_hash or "")
-                    for turns_now in updates:
-                        yield render(turns_now), turns_now, gr.MultimodalTextbox(value=None, interactive=False)
-                    yield gr.skip(), gr.skip(), gr.MultimodalTextbox(interactive=True)
+                    yield from stream([], question, [self.example_image], settings_of(n, t, p),
+                                      request.session_hash or "")
                 return handler
 
             def fill(turns):
