@@ -48,6 +48,25 @@ def sharpen_routing(model) -> None:
 
 
 @pytest.fixture(scope="module")
+def tokenizer():
+    """The bundled tiny multilingual byte-level BPE tokenizer (<image>, <|im_start|>, <|im_end|> are single tokens)."""
+    from transformers import AutoTokenizer
+
+    from transformers_parrot.assets import TINY_TOKENIZER_DIR
+
+    return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    """ParrotProcessor over the tiny tokenizer: 30 px pad-to-square images, 10 image tokens per image."""
+    from transformers_parrot.processing_parrot import ParrotProcessor, default_image_processor
+
+    image_processor = default_image_processor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    return ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=10)
+
+
+@pytest.fixture(scope="module")
 def tiny():
     """(model, processor): the tiny Parrot in eval mode, fp32, sharpened routing."""
     from transformers_parrot.tiny import tiny_model

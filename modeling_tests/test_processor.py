@@ -1,4 +1,5 @@
-"""ParrotProcessor and the tiny tokenizer fixture: offline, CPU, fast. Runs on transformers 5.x and 4.57."""
+"""ParrotProcessor (text, placeholders, padding, truncation, chat template, TRL collators, saving, remote code) and the
+tiny tokenizer fixture: offline, CPU, fast. Runs on transformers 5.x and 4.57. Pixels: test_image_processing.py."""
 
 from __future__ import annotations
 
@@ -24,14 +25,9 @@ pytestmark = pytest.mark.compat  # the processor is part of the transformers 4.5
 IS_V5 = int(transformers.__version__.split(".")[0]) >= 5
 SEQ = 10  # image_seq_length used in these tests
 SIDE = 30  # image processor output side
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OTHER_VENV = {
-    True: REPO_ROOT / ".venv457" / "bin" / "python",  # running on 5.x: the other one is 4.57
-    False: REPO_ROOT / ".venv" / "bin" / "python",
-}[IS_V5]
+# interpreters of venvs with other transformers releases (`.ci/run` sets them; see test_remote_code.py)
+OTHER_PYTHONS = [p for p in os.environ.get("PARROT_OTHER_PYTHONS", "").split(os.pathsep) if p]
 
 QUESTIONS = {
     "en": "What colour is the circle?\nA. red\nB. blue\nC. green\nD. yellow",
@@ -45,33 +41,9 @@ LANG_ORDER = ["en", "zh", "pt", "ar", "ru", "tr"]  # order of MMMB_INSTRUCTIONS:
 INSTRUCTION = dict(zip(LANG_ORDER, MMMB_INSTRUCTIONS))
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module")
-def processor(tokenizer):
-    image_processor = default_image_processor(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE})
-    return ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=SEQ)
-
-
 def user_image_turn(text, n_images=1):
     content = [{"type": "image", "image": bundled_image()} for _ in range(n_images)]
     return {"role": "user", "content": content + [{"type": "text", "text": text}]}
-
-
-def expected_pixels(image: Image.Image, side: int = SIDE) -> np.ndarray:
-    """Independent reference: pad to a centred square with int(mean*255), resize to side (bicubic), CLIP normalise."""
-    image = image.convert("RGB")
-    w, h = image.size
-    m = max(w, h)
-    canvas = Image.new("RGB", (m, m), tuple(int(x * 255) for x in CLIP_MEAN))
-    canvas.paste(image, ((m - w) // 2, (m - h) // 2))
-    resized = canvas.resize((side, side), Image.BICUBIC)
-    array = np.asarray(resized, dtype=np.float64) / 255.0
-    array = (array - CLIP_MEAN) / CLIP_STD
-    return array.transpose(2, 0, 1).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer fixture
@@ -103,14 +75,6 @@ def test_original_style_tokenizer_without_image_token(tmp_path, tokenizer):
     assert original.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
     with pytest.raises(ValueError, match="<image>"):
         ParrotProcessor(tokenizer=original)
-
-
-def test_bundled_image():
-    a, b = bundled_image(), bundled_image()
-    assert a.mode == "RGB" and a.size == (64, 48)
-    assert np.array_equal(np.asarray(a), np.asarray(b))
-    pixels = np.asarray(a)
-    assert tuple(pixels[24, 16]) == (220, 30, 30) and tuple(pixels[24, 48]) == (30, 60, 220)
 
 
 # ---------------------------------------------------------------------------------------------- properties, template
@@ -283,75 +247,6 @@ def test_tokenizer_validation(tmp_path):
         ParrotProcessor()
 
 
-# ---------------------------------------------------------------------------------------------- images
-def _mode_image(mode, size=(20, 12)):
-    base = bundled_image(*size) if min(size) >= 4 else Image.new("RGB", size, (10, 200, 30))
-    if mode == "I;16":
-        array = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-        image = Image.fromarray(array)
-        assert image.mode == "I;16"
-        return image
-    if mode == "P_transparent":
-        image = base.convert("P")
-        image.info["transparency"] = 0
-        return image
-    return base.convert(mode)
-
-
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "P_transparent", "RGBA", "CMYK", "1", "I;16", "I", "F", "RGB"])
-def test_image_modes(processor, mode):
-    image = _mode_image(mode)
-    out = processor(images=[image], text="<image>", return_tensors="pt")
-    assert out["pixel_values"].shape == (1, 3, SIDE, SIDE) and torch.isfinite(out["pixel_values"]).all()
-    if mode in ("L", "LA", "I;16", "1"):  # grey modes become equal-channel RGB
-        grey = Image.fromarray(np.asarray(_mode_image("L")), mode="L") if mode != "1" else image
-        ref = expected_pixels(grey.convert("RGB"))
-        np.testing.assert_allclose(out["pixel_values"][0].numpy(), ref, atol=1e-4)
-
-
-@pytest.mark.parametrize("size", [(1, 1), (1, 500), (500, 1), (3, 7), (7, 3)])
-def test_degenerate_sizes(processor, size):
-    image = Image.new("RGB", size, (10, 200, 30))
-    out = processor(images=[image], text="<image>", return_tensors="pt")
-    assert out["pixel_values"].shape == (1, 3, SIDE, SIDE)
-    np.testing.assert_allclose(out["pixel_values"][0].numpy(), expected_pixels(image), atol=1e-4)
-
-
-@pytest.mark.parametrize("size", [(64, 48), (48, 64), (33, 33), (200, 30)])
-def test_pixels_match_independent_reference(processor, size):
-    image = bundled_image(*size)
-    out = processor(images=[image], text="<image>", return_tensors="pt")
-    np.testing.assert_allclose(out["pixel_values"][0].numpy(), expected_pixels(image), atol=1e-4)
-
-
-def test_array_inputs_and_unsupported(processor):
-    image = bundled_image()
-    ref = processor(images=[image], text="<image>")["pixel_values"]
-    hwc = np.asarray(image)
-    for variant in (hwc, hwc.transpose(2, 0, 1), torch.from_numpy(hwc.copy()), hwc.astype(np.float32) / 255.0):
-        out = processor(images=[variant], text="<image>")["pixel_values"]
-        np.testing.assert_allclose(out, ref, atol=1e-5)
-    with pytest.raises(ValueError, match="unsupported image type"):
-        processor(images=[object()], text="<image>")
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        processor(images=[hwc.astype(np.float32)], text="<image>")
-    with pytest.raises(ValueError, match="not an existing local image file"):
-        processor(images=["/nonexistent/x.png"], text="<image>")
-    with pytest.raises(ValueError, match="image 0 is None"):
-        processor(images=[[None]], text=["<image>"])
-
-
-def test_default_image_processor_is_clip336(tokenizer):
-    processor = ParrotProcessor(tokenizer=tokenizer)
-    assert processor.image_seq_length == 577
-    ip = processor.image_processor
-    assert ip.do_pad and ip.size["shortest_edge"] == 336 and ip.crop_size["height"] == 336
-    out = processor(images=[bundled_image()], text="<image>", return_tensors="pt")
-    assert out["pixel_values"].shape == (1, 3, 336, 336)
-    assert (out["input_ids"] == processor.image_token_id).sum() == 577
-    np.testing.assert_allclose(out["pixel_values"][0].numpy(), expected_pixels(bundled_image(), 336), atol=1e-4)
-
-
 def test_decoding(processor):
     ids = processor.tokenizer.encode("<image>Yes.<|im_end|>", add_special_tokens=False)
     batch = torch.tensor([ids, ids])
@@ -466,13 +361,17 @@ sys.meta_path.insert(0, _Block())
 import json
 import numpy as np
 from PIL import Image
-from transformers import AutoProcessor
+from transformers import AutoImageProcessor, AutoProcessor
 p = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
-assert type(p).__name__ == "ParrotProcessor" and type(p).__module__.startswith("transformers_modules."), type(p)
+ip = AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+for obj, name in ((p, "ParrotProcessor"), (p.image_processor, "ParrotImageProcessor"), (ip, "ParrotImageProcessor")):
+    assert type(obj).__name__ == name and type(obj).__module__.startswith("transformers_modules."), type(obj)
 assert "transformers_parrot" not in sys.modules
 img = Image.new("RGB", (40, 20), (200, 10, 10))
 out = p(images=[img], text="<image>\nhi", return_tensors="np")
+grey16 = Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300).astype(np.uint16))
 print(json.dumps({"ids": out["input_ids"].tolist(), "pixels": float(np.abs(out["pixel_values"]).sum()),
+                  "grey16": float(np.abs(ip(grey16, return_tensors="np")["pixel_values"]).sum()),
                   "seq": p.image_seq_length, "header": p.assistant_header_ids}))
 """
 
@@ -487,20 +386,22 @@ def _remote_load(python, directory):
 
 
 def test_remote_code_load_without_package(processor, tmp_path):
-    """Save here; load with AutoProcessor(trust_remote_code=True) in this and the other transformers version, in
-    subprocesses where importing transformers_parrot is blocked by a meta-path hook (so only the copied
-    processing_parrot.py can be used)."""
+    """Save here; load with AutoProcessor and AutoImageProcessor (trust_remote_code=True) in this and the other
+    transformers versions (PARROT_OTHER_PYTHONS), in subprocesses where importing transformers_parrot is blocked by
+    a meta-path hook (so only the copied processing_parrot.py / image_processing_parrot.py can be used)."""
     ParrotProcessor.register_for_auto_class("AutoProcessor")
     saved = tmp_path / "saved"
     processor.save_pretrained(saved)
     img = Image.new("RGB", (40, 20), (200, 10, 10))
     ref = processor(images=[img], text="<image>\nhi", return_tensors="np")
     expected = {"ids": ref["input_ids"].tolist(), "seq": SEQ, "header": processor.assistant_header_ids}
-    pythons = [sys.executable] + ([OTHER_VENV] if OTHER_VENV.exists() else [])
-    for python in pythons:
+    grey16 = Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300).astype(np.uint16))
+    grey16_ref = float(np.abs(processor.image_processor(grey16, return_tensors="np")["pixel_values"]).sum())
+    for python in [sys.executable] + OTHER_PYTHONS:
         got = _remote_load(python, saved)
         assert {k: got[k] for k in expected} == expected, python
         assert got["pixels"] == pytest.approx(float(np.abs(ref["pixel_values"]).sum()), rel=1e-5)
+        assert got["grey16"] == pytest.approx(grey16_ref, rel=1e-5)
 
 
 def test_trl_dpo_vision_collator(processor):

@@ -178,8 +178,9 @@ def make_processor_files_portable(directory: Path) -> None:
                                 encoding="utf-8")
 
 
-# 4.x finds a processor's parts through class attributes; 5.0 reads them from `__init__` and warns about the
-# attributes. Delete with 4.x support (processors then derive from `ProcessorMixin` itself, as on 5.x).
+# 4.x finds a processor's parts through class attributes (5.0 reads them from `__init__` and warns about the
+# attributes), and its `apply_chat_template` tokenizes only list contents. Delete with 4.x support (processors then
+# derive from `ProcessorMixin` itself, as on 5.x).
 if IS_TRANSFORMERS_4:
     from transformers.processing_utils import ProcessorMixin as _ProcessorMixin
 
@@ -187,6 +188,19 @@ if IS_TRANSFORMERS_4:
         attributes = ["image_processor", "tokenizer"]
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
+
+        def apply_chat_template(self, conversation, *args, **kwargs):
+            """String contents become ``[{"type": "text", "text": ...}]`` first (the rendered text is the same)."""
+
+            def listify(message):
+                if isinstance(message, dict) and isinstance(message.get("content"), str):
+                    return {**message, "content": [{"type": "text", "text": message["content"]}]}
+                return message
+
+            batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+            conversation = [[listify(m) for m in c] for c in conversation] if batched else [
+                listify(m) for m in conversation]
+            return super().apply_chat_template(conversation, *args, **kwargs)
 
 else:
     from transformers.processing_utils import ProcessorMixin as ImageTextProcessorMixin

@@ -175,11 +175,6 @@ class ParrotProcessor(ImageTextProcessorMixin):
             for rows in encoding.values():
                 rows[i] = rows[i][kept]
 
-    def apply_chat_template(self, conversation, *args, **kwargs):
-        """transformers' ``apply_chat_template``, after turning string contents into ``[{"type": "text", ...}]``
-        (transformers 4.57 needs list contents to tokenize; the rendered text is the same)."""
-        return super().apply_chat_template(_listify_contents(conversation), *args, **kwargs)
-
     def save_pretrained(self, save_directory, *args, **kwargs):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         # saving a remote-code class sets `auto_map` on the object itself; it belongs to the saved files only
@@ -192,19 +187,6 @@ def _pad_like(offsets: list, ids: list, side: str) -> list:
     width = len(ids) - len(offsets)
     padding = [(0, 0)] * width
     return padding + [tuple(o) for o in offsets] if side == "left" else [tuple(o) for o in offsets] + padding
-
-
-def _listify_contents(conversation):
-    def fix(message):
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            return {**message, "content": [{"type": "text", "text": message["content"]}]}
-        return message
-
-    if isinstance(conversation, (list, tuple)) and conversation and isinstance(conversation[0], (list, tuple)):
-        return [[fix(m) for m in conv] for conv in conversation]
-    if isinstance(conversation, (list, tuple)):
-        return [fix(m) for m in conversation]
-    return conversation
 
 
 def _validate_tokenizer(tokenizer) -> None:
