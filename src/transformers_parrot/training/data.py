@@ -11,7 +11,8 @@ Image items carry no payload: TRL fills them, in order, from ``images``. Images 
 (a `datasets.Image` column decodes them lazily), so a 665k-sample dataset costs no memory; every path is checked
 when the sample is read, and a missing or unreadable image is reported with its path and either stops the run
 (``on_error="raise"``) or skips the sample and counts it (``on_error="skip"``). Samples with an unknown role, an
-empty conversation or an ``<image>`` count different from the number of images are handled the same way.
+empty conversation or an ``<image>`` count different from the number of images (an image without a tag, which
+would be dropped, included) are handled the same way.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ class DataReport:
     skipped: collections.Counter = field(default_factory=collections.Counter)
     examples: list[str] = field(default_factory=list)  # the first few skip messages
 
-    def skip(self, reason: str, message: str) -> None:
+    def skip(self, reason: str, message: str, max_examples: int = 20) -> None:
+        """Count a skipped sample; the first `max_examples` are kept and warned, the rest only counted."""
         self.skipped[reason] += 1
-        if len(self.examples) < 20:
+        if len(self.examples) < max_examples:
             self.examples.append(message)
-        logger.warning("skipping sample: %s", message)
+            logger.warning("skipping sample: %s%s", message,
+                           "" if len(self.examples) < max_examples else " (further skips are only counted)")
 
     @property
     def num_skipped(self) -> int:

@@ -11,9 +11,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 # paper §3 (and the release scripts): learning rate per stage
 STAGE_LEARNING_RATE = {1: 1e-3, 2: 2e-5}
