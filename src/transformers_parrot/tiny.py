@@ -11,7 +11,8 @@ import torch
 from .assets import TINY_TOKENIZER_DIR
 from .configuration_parrot import ParrotConfig
 from .modeling_parrot import ParrotForConditionalGeneration
-from .processing_parrot import ParrotProcessor, default_image_processor
+from .image_processing_parrot import ParrotImageProcessor
+from .processing_parrot import ParrotProcessor
 
 TINY_VISION_CONFIG: dict[str, Any] = {
     "model_type": "clip_vision_model",
@@ -36,13 +37,13 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 
 
 def tiny_processor(image_size: int | None = None, **kwargs: Any) -> ParrotProcessor:
-    """Processor over the bundled tiny tokenizer with a small CLIP-style image processor (`image_size` px)."""
+    """Processor over the bundled tiny tokenizer with a small pad-to-square CLIP image processor (`image_size` px)."""
     from transformers import AutoTokenizer
 
     image_size = image_size or TINY_VISION_CONFIG["image_size"]
     patch = kwargs.pop("patch_size", TINY_VISION_CONFIG["patch_size"])
     tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
-    image_processor = default_image_processor(
+    image_processor = ParrotImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     seq_len = kwargs.pop("image_seq_length", (image_size // patch) ** 2 + 1)
