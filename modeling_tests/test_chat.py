@@ -315,6 +315,15 @@ def test_answer_turns_errors_into_messages(app, tmp_path, image_file):
     assert 'dir="auto"' in messages[7]["content"]
 
 
+def test_context_note_reaches_the_chat(app, image_file):
+    from transformers_parrot.chat.app import render
+
+    words = "word " * 300
+    final = list(app.answer([], words, [image_file], Settings(max_new_tokens=2048, temperature=0.5)))[-1][-1]
+    assert final.ok and final.note.startswith("answer limited to ")
+    assert f'<div class="parrot-note" dir="auto">{final.note}</div>' in render([final])[-1]["content"]
+
+
 def test_model_failure_is_reported(app, image_file, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")

@@ -17,13 +17,21 @@ from typing import Iterator
 
 import gradio as gr
 
-from .backend import Backend, ChatInputError, LocalBackend, Settings, Turn, check_request, load_image
+from .backend import (
+    DEFAULT_CONCURRENCY,
+    Backend,
+    ChatInputError,
+    LocalBackend,
+    Settings,
+    Turn,
+    check_request,
+    load_image,
+)
 from .charts import answer_routing_html, comparison_html
 from .examples import LANGUAGE_NAMES, LANGUAGES, RTL_LANGUAGES, bundled_image_path, example_questions, translations
 
 logger = logging.getLogger("transformers_parrot.chat")
 
-DEFAULT_CONCURRENCY = 2
 SESSION_WAIT_S = 30.0  # how long a new request waits for the stopped previous one of the same tab to finish
 CSS = """
 .parrot-text { white-space: pre-wrap; unicode-bidi: plaintext; text-align: start; }
@@ -61,6 +69,8 @@ def render(history: list[Turn]) -> list[dict]:
             parts = [_text(turn.answer or ("(stopped)" if turn.stopped else "(empty answer)"))]
             if turn.stopped:
                 parts.append(_text("stopped", "parrot-note"))
+            if turn.note:
+                parts.append(_text(turn.note, "parrot-note"))
             if turn.routing is not None:
                 parts.append(answer_routing_html(turn.routing))
             messages.append({"role": "assistant", "content": "".join(parts)})
@@ -135,6 +145,7 @@ class ChatApp:
             yield history
             for reply in self.backend.stream(history[:-1], Turn(turn.question, turn.image), settings, stop):
                 turn.answer, turn.routing, turn.stopped = reply.text, reply.routing, reply.stopped
+                turn.note = reply.note
                 yield history
         except ChatInputError as err:
             turn.answer, turn.error = None, str(err)
@@ -288,4 +299,4 @@ def _theme():
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
-__all__ = ["CSS", "ChatApp", "DEFAULT_CONCURRENCY", "render"]
+__all__ = ["CSS", "ChatApp", "render"]

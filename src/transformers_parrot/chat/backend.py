@@ -15,7 +15,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 logger = logging.getLogger("transformers_parrot.chat")
@@ -23,6 +23,7 @@ logger = logging.getLogger("transformers_parrot.chat")
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # an upload larger than this is refused before decoding
 MAX_IMAGE_PIXELS = 36_000_000  # width × height; refused from the header, before the pixels are decoded
 DEFAULT_MAX_IMAGES = 1  # Parrot is trained with one image per conversation
+DEFAULT_CONCURRENCY = 2  # requests the page answers at once (each generates in its own thread)
 STREAM_TIMEOUT_S = 600.0  # longest wait for the next streamed token before the answer is given up
 
 
@@ -40,6 +41,7 @@ class Turn:
     error: str | None = None
     routing: list[float] | None = None
     stopped: bool = False
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -381,4 +383,5 @@ def _error_message(err: urllib.error.HTTPError) -> str:
 
 
 __all__ = ["Backend", "ChatInputError", "LocalBackend", "Reply", "ServerBackend", "Settings", "Turn",
-           "check_request", "load_image", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "DEFAULT_MAX_IMAGES"]
+           "check_request", "load_image", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "DEFAULT_CONCURRENCY",
+           "DEFAULT_MAX_IMAGES"]

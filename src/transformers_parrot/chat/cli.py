@@ -15,7 +15,7 @@ DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backend import DEFAULT_MAX_IMAGES
+    from .backend import DEFAULT_CONCURRENCY, DEFAULT_MAX_IMAGES
 
     parser = argparse.ArgumentParser(prog="parrot-chat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true", help="load a checkpoint's own code")
     parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
                         help="images per conversation (default: %(default)s, as Parrot was trained)")
-    parser.add_argument("--concurrency", type=int, default=None, help="requests answered at once (default: 2)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="requests answered at once (default: %(default)s)")
     return parser
 
 
@@ -49,15 +50,15 @@ def resolve_model(model: str | None) -> tuple[str | None, str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_images < 1:
-        print("parrot-chat: --max-images must be at least 1", file=sys.stderr)
+    if args.max_images < 1 or args.concurrency < 1:
+        print("parrot-chat: --max-images and --concurrency must be at least 1", file=sys.stderr)
         return 2
     model, notice = (None, None) if args.server else resolve_model(args.model)
     if model is None and not args.server:
         print(notice, file=sys.stderr)
         return 2
     try:
-        from .app import DEFAULT_CONCURRENCY, ChatApp
+        from .app import ChatApp
     except ImportError as err:
         print(f"parrot-chat needs Gradio ({err}): pip install 'transformers-parrot[chat]'", file=sys.stderr)
         return 2
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = LocalBackend.from_pretrained(model, dtype=args.dtype, device=args.device,
                                                trust_remote_code=args.trust_remote_code, max_images=args.max_images)
     ChatApp(backend, notice=notice).launch(host=args.host, port=args.port,
-                                           concurrency=args.concurrency or DEFAULT_CONCURRENCY)
+                                           concurrency=args.concurrency)
     return 0
 
 
