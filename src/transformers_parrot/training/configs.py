@@ -88,7 +88,8 @@ class ParrotSFTConfig(_PaperDefaults, SFTConfig):
     batches are refused (they would cut or merge image token runs)."""
 
     learning_rate: float | None = field(default=None, metadata={
-        "help": f"Initial learning rate (default: the paper's for the stage: {STAGE_LEARNING_RATE})."})
+        "help": f"Initial learning rate (default: the paper's, {STAGE_LEARNING_RATE[1]:g} for --stage 1 and "
+                f"{STAGE_LEARNING_RATE[2]:g} for stage 2 and MLAN)."})
     max_length: int | None = field(default=2048, metadata={
         "help": "Longest tokenized sequence; must hold --max_images_per_sample images (None: no truncation)."})
     assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant answers only."})
