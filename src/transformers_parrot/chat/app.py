@@ -132,6 +132,13 @@ class ChatApp:
         if event is not None:
             event.set()
 
+    def forget(self, session: str) -> None:
+        """A closed tab: stop its generation and drop its bookkeeping."""
+        self.stop(session)
+        with self._lock:
+            self._stops.pop(session, None)
+            self._turns.pop(session, None)
+
     def answer(self, history: list[Turn], question: str | None, images: list[str], settings: Settings,
                session: str = "") -> Iterator[list[Turn]]:
         """Yield the conversation as the new turn's answer grows; any failure ends as the turn's error."""
@@ -277,6 +284,10 @@ class ChatApp:
                 self.stop(request.session_hash or "")
                 return [], [], gr.MultimodalTextbox(value=None, interactive=True), ""
 
+            def closed(request: gr.Request):
+                self.forget(request.session_hash or "")
+
+            demo.unload(closed)
             stop_button.click(stop, None, None, queue=False)
             clear_button.click(clear, None, [chatbot, history, box, compare_out], queue=False, cancels=events)
             compare_button.click(lambda turns, *qs: self.compare(turns, dict(zip(LANGUAGES, qs))),
