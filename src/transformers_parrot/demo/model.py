@@ -26,6 +26,10 @@ class DemoModelConfig:
     text_kv_heads: int = 2
     num_experts: int = 6
     moe_intermediate_size: int = 128
+    # The router reads the attended word embeddings of the prompt (norm ~0.05 at the usual 0.02 init), so a 0.02
+    # router stays at 1/6 per expert for a whole demo run. At std 1 its logits follow the prompt's language as the
+    # embeddings grow in training, and the experts can specialise by language (tiny.tiny_model does the same).
+    router_init_std: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +52,8 @@ def build_demo_model(seed: int = 0, sizes: DemoModelConfig | None = None):
                                   use_moe=False)
     torch.manual_seed(seed)
     model = ParrotForConditionalGeneration(config)
+    with torch.no_grad():
+        model.model.moe.gate.weight.normal_(0.0, sizes.router_init_std)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.do_sample = False

@@ -137,23 +137,19 @@ def _trainer_progress(stage: _Stage):
 
 # ---------------------------------------------------------------------------------------------- training
 def _sft_config(settings: DemoSettings, stage: int, output_dir: Path):
-    import dataclasses
-
-    from trl import SFTConfig
+    """The library's `ParrotSFTConfig` (paper defaults: loss on the answers only, cosine schedule) with the demo's
+    steps, batch and learning rates; activation checkpointing off (the model is tiny: recomputing only costs time)."""
+    from .._compat import CHECKPOINTING_ARG
+    from ..training.configs import ParrotSFTConfig
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
-    # TRL turns activation checkpointing on by default: off here (the model is tiny, recomputing only costs time);
-    # transformers >= 5.23 names the flag `activation_checkpointing`, older versions `gradient_checkpointing`
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return SFTConfig(
-        **{checkpointing: False},
+    return ParrotSFTConfig(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.stage1_lr if stage == 1 else settings.stage2_lr,
         warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=settings.weight_decay,
-        max_length=None, seed=settings.seed, data_seed=settings.seed, bf16=False, use_cpu=True,
-        dataloader_num_workers=0, report_to="none", save_strategy="no",
-        logging_steps=max(1, min(10, steps // 10)), disable_tqdm=True,
+        seed=settings.seed, data_seed=settings.seed, bf16=False, use_cpu=True, dataloader_num_workers=0,
+        report_to="none", save_strategy="no", logging_steps=max(1, min(10, steps // 10)), disable_tqdm=True,
+        **{CHECKPOINTING_ARG: False},
     )
 
 
@@ -163,7 +159,8 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
     checkpoint in `model_dir`); saves to `output_dir` and returns the trainer's log, tagged with the stage."""
     from trl import ModelConfig
 
-    from ..training.scripts import ParrotScriptArguments, train_sft
+    from ..training.configs import ParrotScriptArguments
+    from ..training.scripts import train_sft
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
     what = ("projector on English captions, MoE bypassed" if stage == 1 else
