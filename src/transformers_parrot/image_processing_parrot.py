@@ -69,7 +69,7 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
     array = image[:, :, None] if image.ndim == 2 else image
     if array.ndim != 3:
         raise ValueError(f"{where}: image arrays must be 2-D or 3-D, got shape {image.shape}")
-    if channels_first is None:
+    if channels_first is None or image.ndim == 2:
         channels_first = array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4)
     if channels_first:
         array = np.moveaxis(array, 0, -1)
