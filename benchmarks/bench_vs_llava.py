@@ -47,6 +47,8 @@ from typing import Any, Callable
 
 import torch
 
+from transformers_parrot.configuration_parrot import tokens_per_image
+
 # ----------------------------------------------------------------------------------------------------------------
 # Presets
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def configs(preset: dict[str, Any], attn_implementation: str | None = None):
     text = {"model_type": "qwen2", "max_position_embeddings": 4096, "tie_word_embeddings": False,
             "use_sliding_window": False, "eos_token_id": ids["im_end"], "pad_token_id": ids["im_end"],
             **preset["text"]}
-    seq = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    seq = tokens_per_image(vision["image_size"], vision["patch_size"])
     common = {"image_token_id": ids["image"], "vision_feature_layer": -2, "vision_feature_select_strategy": "full",
               "projector_hidden_act": "gelu", "multimodal_projector_bias": True, "image_seq_length": seq,
               "tie_word_embeddings": False}
@@ -162,7 +164,7 @@ def make_inputs(preset: dict[str, Any], batch: int, device: str, dtype: torch.dt
     (and, for training, an answer with labels on it only)."""
     vocab = preset["text"]["vocab_size"]
     ids = special_ids(vocab)
-    seq = (preset["vision"]["image_size"] // preset["vision"]["patch_size"]) ** 2 + 1
+    seq = tokens_per_image(preset["vision"]["image_size"], preset["vision"]["patch_size"])
     gen = torch.Generator().manual_seed(seed)
 
     def text(n):

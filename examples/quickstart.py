@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from transformers_parrot.assets import bundled_image
+from transformers_parrot.cli import DTYPE_CHOICES, torch_dtype
 from transformers_parrot.routing import format_routing, routing_weights
 from transformers_parrot.tiny import tiny_model
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="path or Hub id of a Parrot checkpoint (default: a tiny offline model)")
     parser.add_argument("--image", help="image file to ask about (default: a bundled drawing)")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=24)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true")
     parser.add_argument("--train", action="store_true", help="run parrot-demo (its defaults) instead")
     return parser
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))  # usage + "error: ..." on stderr, exit code 2
 
     if args.model:
-        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        dtype = torch_dtype(args.dtype)
         processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             args.model, dtype=dtype, trust_remote_code=args.trust_remote_code,

@@ -13,7 +13,7 @@ from .image_processing_parrot import ParrotImageProcessor
 from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
 from .processing_parrot import ParrotProcessor
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the single source of the version: pyproject.toml reads it (see RELEASING.md)
 
 AutoConfig.register(ParrotConfig.model_type, ParrotConfig, exist_ok=True)
 AutoModel.register(ParrotConfig, ParrotModel, exist_ok=True)

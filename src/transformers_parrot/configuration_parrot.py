@@ -52,6 +52,12 @@ DEFAULT_ASSISTANT_HEADER_IDS = [151644, 77091, 198]
 DEFAULT_IMAGE_TOKEN_ID = 151646
 
 
+def tokens_per_image(image_size: int, patch_size: int, strategy: str = "full") -> int:
+    """Visual tokens of one image: (image_size / patch_size)² patches, plus the CLS token with the "full" strategy
+    (577 for CLIP ViT-L/14 at 336 px)."""
+    return (image_size // patch_size) ** 2 + (1 if strategy == "full" else 0)
+
+
 def _as_config(value: Any, default: dict[str, Any]):
     """Turn ``None`` / a dict / a config into a config object of the right ``model_type``."""
     if value is None:
@@ -165,7 +171,7 @@ class ParrotConfig(PreTrainedConfig):
         patch_size = getattr(self.vision_config, "patch_size", None)
         if not image_size or not patch_size:
             return None
-        return (image_size // patch_size) ** 2 + (1 if strategy == "full" else 0)
+        return tokens_per_image(image_size, patch_size, strategy)
 
     def to_json_string(self, use_diff: bool = True) -> str:
         """As transformers writes it, plus the LLM's RoPE settings in the 4.x form (see `add_legacy_rope_fields`)."""
@@ -178,4 +184,4 @@ class ParrotConfig(PreTrainedConfig):
         return self.assistant_header_ids[0]
 
 
-__all__ = ["ParrotConfig"]
+__all__ = ["ParrotConfig", "tokens_per_image"]

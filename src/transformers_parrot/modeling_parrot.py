@@ -163,7 +163,7 @@ class ParrotExperts(nn.Module):
 
 
 class ParrotMultilingualMoE(nn.Module):
-    """Parrot's text-guided MoE (paper §3.2; parrot-notes §1).
+    """Parrot's text-guided MoE (paper §3.2).
 
     For every image: the CLS visual token queries the prompt's word embeddings (parameter-free cross-attention),
     the attended text vector goes through the gate, and the softmax weights mix the experts applied to all of the
@@ -413,6 +413,15 @@ class ParrotModel(ParrotPreTrainedModel):
         Every attended, non-image token except assistant answers: a token is an answer when an assistant header
         (`config.assistant_header_ids`) ended before it and no `<|im_start|>` came since. Labels are never needed,
         so the router sees the same text at training (prompt + answer) as at generation (prompt only).
+
+        Example: 10 tokens of a left-padded training sample, 1 = guidance:
+
+            <pad> <|im_start|> user <image> 你好 <|im_end|> <|im_start|> assistant \\n 红色
+              0        1        1      0     1       1          1           1      1    0
+
+        `<pad>` is not attended, `<image>` is an image token, and `红色` follows the assistant header
+        `<|im_start|> assistant \\n` with no `<|im_start|>` since: it is the answer (its `<|im_end|>` would be too).
+        The header itself guides, as at generation, where the prompt ends with it.
         """
         header = self.config.assistant_header_ids
         header_len = len(header)

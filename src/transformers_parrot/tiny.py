@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .assets import TINY_TOKENIZER_DIR
-from .configuration_parrot import ParrotConfig
+from .configuration_parrot import ParrotConfig, tokens_per_image
 from .modeling_parrot import ParrotForConditionalGeneration
 from .image_processing_parrot import ParrotImageProcessor
 from .processing_parrot import ParrotProcessor
@@ -46,7 +46,7 @@ def tiny_processor(image_size: int | None = None, **kwargs: Any) -> ParrotProces
     image_processor = ParrotImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    seq_len = kwargs.pop("image_seq_length", (image_size // patch) ** 2 + 1)
+    seq_len = kwargs.pop("image_seq_length", tokens_per_image(image_size, patch))
     return ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=seq_len, **kwargs)
 
 

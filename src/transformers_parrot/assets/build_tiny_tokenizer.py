@@ -19,8 +19,9 @@ import json
 from pathlib import Path
 
 VOCAB_SIZE = 3000  # learned tokens (256 byte symbols + merges); special tokens come after
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-IMAGE_TOKEN = "<image>"
+from transformers_parrot.processing_parrot import IM_END, IM_START, IMAGE_TOKEN
+
+SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
 PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
@@ -187,7 +188,7 @@ def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
         # `additional_special_tokens` (not 5.x's list-valued `extra_special_tokens`, which 4.57 cannot read)
         "additional_special_tokens": additional,
         "bos_token": None,
-        "eos_token": "<|im_end|>",
+        "eos_token": IM_END,
         "pad_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
         "clean_up_tokenization_spaces": False,
@@ -197,7 +198,7 @@ def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
     }
     (output / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                                   encoding="utf-8")
-    special_map = {"additional_special_tokens": additional, "eos_token": "<|im_end|>",
+    special_map = {"additional_special_tokens": additional, "eos_token": IM_END,
                    "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     (output / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
     (output / "chat_template.jinja").write_text(DEFAULT_CHAT_TEMPLATE, encoding="utf-8")

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+from ..cli import torch_dtype as resolve_dtype
+
 logger = logging.getLogger("transformers_parrot.chat")
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # an upload larger than this is refused before decoding
@@ -172,7 +174,7 @@ class LocalBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        torch_dtype = resolve_dtype(dtype)
         placement = {}
         if device == "auto":
             placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
@@ -309,7 +311,7 @@ class ServerBackend:
             raise ChatInputError(f"Cannot reach the server at {self.url}: {reason}") from None
 
     def model_id(self) -> str:
-        """The served model: `--server-model`, else the first entry of `/v1/models`."""
+        """The served model: `--server_model`, else the first entry of `/v1/models`."""
         if self.model is None:
             with self._request("/v1/models") as response:
                 models = json.load(response).get("data") or []

@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from ..cli import DTYPE_CHOICES, add_flag
+
 DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` saves its model
 
 
@@ -22,13 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help=f"folder or Hub id of a Parrot checkpoint (default: {DEMO_MODEL} if present)")
     source.add_argument("--server", metavar="URL", help="answer through a vLLM OpenAI-compatible server at URL")
-    parser.add_argument("--server-model", help="model id on the server (default: the first of /v1/models)")
+    add_flag(parser, "server_model", help="model id on the server (default: the first of /v1/models)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, mps, ...")
-    parser.add_argument("--trust-remote-code", action="store_true", help="load a checkpoint's own code")
-    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+    add_flag(parser, "trust_remote_code", action="store_true", help="load a checkpoint's own code")
+    add_flag(parser, "max_images", type=int, default=DEFAULT_MAX_IMAGES,
                         help="images per conversation (default: %(default)s, as Parrot was trained)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help="requests answered at once (default: %(default)s)")
@@ -51,7 +53,7 @@ def resolve_model(model: str | None) -> tuple[str | None, str | None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_images < 1 or args.concurrency < 1:
-        print("parrot-chat: --max-images and --concurrency must be at least 1", file=sys.stderr)
+        print("parrot-chat: --max_images and --concurrency must be at least 1", file=sys.stderr)
         return 2
     model, notice = (None, None) if args.server else resolve_model(args.model)
     if model is None and not args.server:

@@ -11,18 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cli import add_flag
 from .converter import convert
 from .errors import (EXIT_HUB_ERROR, EXIT_INPUT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, ConversionError,
                      PublishError)
 from .hub import check_push_target, push_folder
 from .settings import OUTPUT_DTYPES
 from .verification import verify
-
-
-def _add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """``--name_with_underscores``, also accepted as ``--name-with-underscores``."""
-    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*flags, dest=name, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,29 +27,29 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 success; 1 verification mismatch; 2 bad input or argument (nothing written); "
                "3 the Hub failed while publishing",
     )
-    _add_flag(parser, "input", required=True, help="original checkpoint: local folder or Hub repo id")
-    _add_flag(parser, "output", required=True, help="output folder")
-    _add_flag(parser, "vision_tower", default=None,
+    add_flag(parser, "input", required=True, help="original checkpoint: local folder or Hub repo id")
+    add_flag(parser, "output", required=True, help="output folder")
+    add_flag(parser, "vision_tower", default=None,
               help="CLIP vision tower (folder or Hub id) overriding mm_vision_tower; its weights, when it has "
                    "any, replace those inside the checkpoint")
-    _add_flag(parser, "dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
+    add_flag(parser, "dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
               help="dtype of the converted weights (auto: the input's torch_dtype)")
-    _add_flag(parser, "max_shard_size", default="5GB", help="largest output safetensors shard (default 5GB)")
-    _add_flag(parser, "overwrite", action="store_true", help="replace a non-empty output folder")
-    _add_flag(parser, "verify", action="store_true",
+    add_flag(parser, "max_shard_size", default="5GB", help="largest output safetensors shard (default 5GB)")
+    add_flag(parser, "overwrite", action="store_true", help="replace a non-empty output folder")
+    add_flag(parser, "verify", action="store_true",
               help="compare the converted model with an independent forward over the input tensors")
-    _add_flag(parser, "verify_only", action="store_true", help="only run the verification of an existing output")
-    _add_flag(parser, "verify_dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
+    add_flag(parser, "verify_only", action="store_true", help="only run the verification of an existing output")
+    add_flag(parser, "verify_dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
               help="compute dtype of the verification (auto: float32 when it fits in RAM)")
-    _add_flag(parser, "tolerance", type=float, default=None,
+    add_flag(parser, "tolerance", type=float, default=None,
               help="relative tolerance of --verify (default 1e-4 in float32, 3e-2 otherwise)")
-    _add_flag(parser, "model_name", default=None, help="model name in the card (default: the input's name)")
-    _add_flag(parser, "license", default=None, help="license for the card (default: the input card's)")
-    _add_flag(parser, "results", default=None,
+    add_flag(parser, "model_name", default=None, help="model name in the card (default: the input's name)")
+    add_flag(parser, "license", default=None, help="license for the card (default: the input card's)")
+    add_flag(parser, "results", default=None,
               help="evaluation results.json or model_index.json (parrot-eval) for the card's model-index")
-    _add_flag(parser, "push_to_hub", default=None, metavar="REPO",
+    add_flag(parser, "push_to_hub", default=None, metavar="REPO",
               help="upload the output folder to this Hub repo (repo id and token are checked before converting)")
-    _add_flag(parser, "private", action="store_true", help="create the --push_to_hub repo as private")
+    add_flag(parser, "private", action="store_true", help="create the --push_to_hub repo as private")
     return parser
 
 

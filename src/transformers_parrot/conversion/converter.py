@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..processing_parrot import IM_END, IMAGE_TOKEN
+from ..processing_parrot import IM_END, IM_START, IMAGE_TOKEN
 from .errors import ConversionError
 from .hub import resolve_checkpoint
 from .key_mapping import build_plan, check_against_plan
@@ -50,7 +50,7 @@ def prepare_tokenizer(folder: Path, chat_template: str, model_max_length: int | 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    for token in ("<|im_start|>", IM_END, ENDOFTEXT):
+    for token in (IM_START, IM_END, ENDOFTEXT):
         if token not in tokenizer.get_vocab():
             raise ConversionError(f"the tokenizer in {folder} has no {token}: not a Qwen2 ChatML tokenizer")
     if IMAGE_TOKEN not in tokenizer.get_vocab():

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ..cli import DTYPE_CHOICES
 from .errors import ConversionError
 from .reading import TensorInfo, read_json
 
@@ -21,7 +22,7 @@ NOT_CARRIED_QWEN2_FIELDS = {"architectures", "model_type", "_name_or_path", "tra
 # mm_vision_select_feature → vision_feature_select_strategy
 SELECT_FEATURE = {"cls_patch": "full", "patch": "default"}
 # Output dtypes of --dtype (names of torch dtypes).
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = tuple(name for name in DTYPE_CHOICES if name != "auto")
 
 
 def text_config_from_original(original: dict) -> dict:

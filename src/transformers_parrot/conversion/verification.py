@@ -66,7 +66,7 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
                        prompts: dict[str, str]) -> dict[str, dict[str, torch.Tensor]]:
     """Routing weights, post-MoE features and last-token logits computed straight from the original tensors:
     transformers' CLIPVisionModel and Qwen2ForCausalLM loaded from the original keys, projector and the per-expert
-    MoE loop written out from parrot-notes §1, prompt built by hand (ChatML), image padded by hand (§2)."""
+    MoE loop written out from the paper's equations (§3.2), prompt built by hand (ChatML), image padded to a square by hand."""
     from transformers import AutoTokenizer, CLIPImageProcessor, Qwen2Config, Qwen2ForCausalLM
     from transformers import CLIPVisionModel
 

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..evaluation.data import FILE_CODES
+from ..evaluation.data import FILE_CODES, LANGUAGES
 from ..evaluation.prompts import build_prompt
 
-LANGUAGES = ("en", "zh", "pt", "ar", "tr", "ru")
 KINDS = ("colour", "shape", "count", "position")
 LETTERS = "ABCD"
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ..cli import DTYPE_CHOICES, add_flag
 from .data import LANGUAGES, DatasetFormatError, UnknownLanguageError
 from .report import RESULTS_MD
 from . import runner
@@ -16,41 +17,35 @@ EXTRA_MODULES = ("pandas", "matplotlib")  # what parrot-eval needs beyond the ba
 INSTALL_HINT = 'pip install "transformers-parrot[eval]"'
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """Add ``--name`` (underscore style, as transformers/TRL) with the dashed spelling accepted as an alias."""
-    dashed = name.replace("_", "-")
-    parser.add_argument(f"--{name}", *([f"--{dashed}"] if dashed != name else []), **kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="parrot-eval",
         description="Evaluate an image-text-to-text model on MMMB and multilingual MMBench (Parrot, arXiv 2406.02539). "
         "Flags are spelled with underscores (--data_dir); the dashed spelling (--data-dir) is accepted too.",
     )
-    _flag(p, "model", required=True, help="model folder or Hub id (loaded with the Auto classes)")
-    _flag(
+    add_flag(p, "model", required=True, help="model folder or Hub id (loaded with the Auto classes)")
+    add_flag(
         p,
         "benchmark",
         required=True,
         help="mmmb, mmbench, or a path to a VLMEvalKit-format multiple-choice TSV (comma-separate several)",
     )
-    _flag(p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
-    _flag(p, "data_dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
-    _flag(p, "output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
-    _flag(p, "batch_size", type=int, default=8)
-    _flag(p, "max_new_tokens", type=int, default=512)
-    _flag(p, "limit", type=int, default=None, help="evaluate at most N rows per language")
-    _flag(p, "trust_remote_code", action="store_true")
-    _flag(p, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    _flag(p, "device", default="auto", help="cpu, cuda, cuda:N or auto")
-    _flag(p, "model_name", default=None, help="name used in the reports (default: --model)")
-    _flag(p, "circular", dest="circular", action="store_true", default=None,
+    add_flag(p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
+    add_flag(p, "data_dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
+    add_flag(p, "output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
+    add_flag(p, "batch_size", type=int, default=8)
+    add_flag(p, "max_new_tokens", type=int, default=512)
+    add_flag(p, "limit", type=int, default=None, help="evaluate at most N rows per language")
+    add_flag(p, "trust_remote_code", action="store_true")
+    add_flag(p, "dtype", default="auto", choices=DTYPE_CHOICES)
+    add_flag(p, "device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_flag(p, "model_name", default=None, help="name used in the reports (default: --model)")
+    add_flag(p, "circular", dest="circular", action="store_true", default=None,
           help="force circular evaluation (default: on for MMBench)")
-    _flag(p, "no_circular", dest="circular", action="store_false")
-    _flag(p, "no_download", action="store_true", help="never download benchmark files from the Hub")
-    _flag(p, "overwrite", action="store_true", help="discard predictions already in the output folder")
-    _flag(p, "no_progress", action="store_true")
+    add_flag(p, "no_circular", dest="circular", action="store_false")
+    add_flag(p, "no_download", action="store_true", help="never download benchmark files from the Hub")
+    add_flag(p, "overwrite", action="store_true", help="discard predictions already in the output folder")
+    add_flag(p, "no_progress", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 

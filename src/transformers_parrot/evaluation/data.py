@@ -1,6 +1,6 @@
 """Benchmark data: language codes, file resolution (local folder or Hub), TSV loading and validation.
 
-The benchmark files follow the VLMEvalKit multiple-choice TSV layout (see ``parrot-notes.md`` §4): columns
+The benchmark files follow the VLMEvalKit multiple-choice TSV layout (as in VLMEvalKit, the toolkit the Parrot paper scores with): columns
 ``index``, ``question``, option columns ``A``, ``B``, ... (empty when absent), ``answer`` (a letter),
 ``category``, optional ``l2-category``, ``hint`` and ``split``, and either ``image`` (base64) or ``image_path``.
 
@@ -461,9 +461,3 @@ def load_tsv(
         )
     return samples, bad
 
-
-def filter_languages(
-    samples: Sequence[Sample], bad: Sequence[BadRow], languages: Sequence[str]
-) -> tuple[list[Sample], list[BadRow]]:
-    keep = set(languages)
-    return [s for s in samples if s.language in keep], [b for b in bad if b.language in keep or b.language not in LANGUAGES]

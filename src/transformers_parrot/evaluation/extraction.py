@@ -1,4 +1,4 @@
-"""Exact-match answer extraction, following VLMEvalKit's ``can_infer`` rules (``parrot-notes.md`` §4).
+"""Exact-match answer extraction, following VLMEvalKit's ``can_infer`` rules.
 
 1. Replace each of the characters ``.()[],:;!*#{}`` with a space and split on whitespace. If exactly one of the
    row's option letters appears as a whole word, that letter is the answer. Letters are matched

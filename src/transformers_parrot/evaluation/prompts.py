@@ -1,4 +1,4 @@
-"""Parrot's multiple-choice evaluation prompt (``parrot-notes.md`` §4)."""
+"""Parrot's multiple-choice evaluation prompt (as the Parrot release evaluates it with VLMEvalKit)."""
 
 from __future__ import annotations
 

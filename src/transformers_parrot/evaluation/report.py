@@ -21,7 +21,7 @@ PLOT_PNG = "accuracy_by_language.png"
 MODEL_INDEX_JSON = "model_index.json"
 SKIPPED_JSON = "skipped.json"
 
-# Paper numbers (parrot-notes.md §5), for comparison tables.
+# Paper numbers (Parrot, arXiv 2406.02539: MMMB and multilingual MMBench tables), for comparison tables.
 PAPER_RESULTS = {
     "Parrot-7B (paper)": {
         "mmmb": dict(zip(LANGUAGES, (70.00, 68.13, 67.31, 62.69, 58.01, 66.26))),

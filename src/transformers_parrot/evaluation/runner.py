@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
 
+from ..cli import torch_dtype as resolve_dtype
+from ..processing_parrot import IMAGE_TOKEN
 from .data import (
     BENCHMARKS,
     LANGUAGES,
@@ -95,7 +97,7 @@ class TransformersPredictor:
         try:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except (ValueError, AttributeError, TypeError) as e:
-            image_token = getattr(self.processor, "image_token", None) or "<image>"
+            image_token = getattr(self.processor, "image_token", None) or IMAGE_TOKEN
             logger.warning("processor has no usable chat template (%s); using '%s\\n{prompt}'", e, image_token)
             return f"{image_token}\n{prompt}"
 
@@ -143,10 +145,6 @@ class TransformersPredictor:
         return [t.strip() for t in texts_out]
 
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
-
-
 def resolve_device(device: Optional[str] = "auto") -> str:
     if device in (None, "auto"):
         try:
@@ -165,39 +163,17 @@ def load_model_and_processor(
     device: str = "auto",
     trust_remote_code: bool = False,
 ):
-    """Load ``(model, processor)`` with the Auto classes (Parrot is registered by importing ``transformers_parrot``)."""
-    try:  # registers Parrot with the Auto classes when the model code is available
-        import transformers_parrot  # noqa: F401
-        try:
-            import transformers_parrot.modeling_parrot  # noqa: F401
-        except Exception:
-            pass
-    except Exception:  # pragma: no cover
-        pass
-    import torch
+    """Load ``(model, processor)`` with the Auto classes (this package registers Parrot with them)."""
     import transformers
 
-    if dtype in (None, "auto"):
-        torch_dtype: Any = "auto"
-    else:
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-        torch_dtype = getattr(torch, _DTYPES[dtype])
+    torch_dtype = resolve_dtype(dtype or "auto")
     processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    classes = [getattr(transformers, n, None) for n in ("AutoModelForImageTextToText", "AutoModelForVision2Seq")]
-    classes = [c for c in classes if c is not None]
-    major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
-    dtype_kw = "dtype" if major_minor >= (4, 56) else "torch_dtype"
-    last_error: Optional[Exception] = None
-    model = None
-    for cls in classes:
-        try:
-            model = cls.from_pretrained(model_id, trust_remote_code=trust_remote_code, **{dtype_kw: torch_dtype})
-            break
-        except ValueError as e:  # config not mapped for this Auto class
-            last_error = e
-    if model is None:
-        raise ValueError(f"cannot load {model_id!r} as an image-text-to-text model: {last_error}")
+    try:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            model_id, trust_remote_code=trust_remote_code, dtype=torch_dtype
+        )
+    except ValueError as error:  # config not mapped to an image-text-to-text class
+        raise ValueError(f"cannot load {model_id!r} as an image-text-to-text model: {error}") from error
     model.to(resolve_device(device))
     model.eval()
     return model, processor

@@ -1,4 +1,4 @@
-"""Scoring (``parrot-notes.md`` §4): MMMB plain accuracy, MMBench circular evaluation.
+"""Scoring, as VLMEvalKit scores the Parrot paper's benchmarks: MMMB plain accuracy, MMBench circular evaluation.
 
 Circular evaluation: the circular shifts of one question share ``index % 1_000_000``; a question counts as
 correct only if every variant present is answered correctly. Accuracies are in percent, overall, per

@@ -10,9 +10,9 @@ import torch
 from transformers.utils import logging
 
 from .._compat import unwrap_clip_vision
-from ..configuration_parrot import ParrotConfig
+from ..configuration_parrot import ParrotConfig, tokens_per_image
 from ..modeling_parrot import ParrotForConditionalGeneration
-from ..processing_parrot import IMAGE_TOKEN, ParrotProcessor, default_image_processor
+from ..processing_parrot import IM_END, IMAGE_TOKEN, ParrotProcessor, default_image_processor
 from .recipes import STAGE_CONFIG
 
 logger = logging.get_logger(__name__)
@@ -74,7 +74,7 @@ def build_parrot_from_pretrained(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         )
     strategy = config_overrides.get("vision_feature_select_strategy", "full")
-    seq_len = (image_size // vision_config.patch_size) ** 2 + (1 if strategy == "full" else 0)
+    seq_len = tokens_per_image(image_size, vision_config.patch_size, strategy)
     processor = ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=seq_len)
 
     needed_rows = len(tokenizer)
@@ -82,7 +82,7 @@ def build_parrot_from_pretrained(
     if resized:
         llm.resize_token_embeddings(needed_rows, mean_resizing=True)
         text_config = llm.config
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = tokenizer.convert_tokens_to_ids(IM_END)
     config_overrides.setdefault("use_moe", False)
     config_overrides.setdefault("tie_word_embeddings", bool(getattr(text_config, "tie_word_embeddings", False)))
     config = ParrotConfig(
