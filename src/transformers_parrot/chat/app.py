@@ -7,7 +7,6 @@ working. Generation runs in the backend's worker thread; the Gradio queue serves
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import unicodedata
@@ -16,6 +15,7 @@ from html import escape
 from typing import Iterator
 
 import gradio as gr
+from transformers.utils.logging import get_logger
 
 from .backend import (
     DEFAULT_CONCURRENCY,
@@ -30,7 +30,7 @@ from .backend import (
 from .charts import answer_routing_html, comparison_html
 from .examples import LANGUAGE_NAMES, LANGUAGES, RTL_LANGUAGES, bundled_image_path, example_questions, translations
 
-logger = logging.getLogger("transformers_parrot.chat")
+logger = get_logger(__name__)
 
 SESSION_WAIT_S = 30.0  # how long a new request waits for the stopped previous one of the same tab to finish
 CSS = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import os
 import threading
 import urllib.error
@@ -18,9 +17,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+from transformers.utils.logging import get_logger
+
 from ..cli import torch_dtype as resolve_dtype
 
-logger = logging.getLogger("transformers_parrot.chat")
+logger = get_logger(__name__)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # an upload larger than this is refused before decoding
 MAX_IMAGE_PIXELS = 36_000_000  # width × height; refused from the header, before the pixels are decoded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..cli import DTYPE_CHOICES, add_flag
 from .data import LANGUAGES, DatasetFormatError, UnknownLanguageError
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def missing_extra() -> Optional[str]:
+def missing_extra() -> str | None:
     """An error message when a module of the ``eval`` extra is not installed, else None."""
     for module in EXTRA_MODULES:
         try:
@@ -60,7 +60,7 @@ def missing_extra() -> Optional[str]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -14,15 +14,16 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import logging
 import os
 import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
-logger = logging.getLogger("transformers_parrot.evaluation")
+from transformers.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 # Paper order of the six MMMB / multilingual MMBench languages.
 LANGUAGES: tuple[str, ...] = ("en", "zh", "pt", "ar", "tr", "ru")
@@ -80,7 +81,7 @@ def normalize_language(code: str) -> str:
     return key
 
 
-def parse_languages(value: Optional[Iterable[str] | str]) -> list[str]:
+def parse_languages(value: Iterable[str] | str | None) -> list[str]:
     """Parse ``"en,zh"`` or a list of codes into canonical codes (deduplicated, order kept). ``None`` = all six."""
     if value is None:
         return list(LANGUAGES)
@@ -101,7 +102,7 @@ def parse_languages(value: Optional[Iterable[str] | str]) -> list[str]:
 _SUFFIX_RE = re.compile(r"^(?P<stem>.*?)[_\-.](?P<lang>[A-Za-z]{2})$")
 
 
-def language_from_filename(path: str | os.PathLike) -> Optional[str]:
+def language_from_filename(path: str | os.PathLike) -> str | None:
     """Language from a file name suffix: ``mmmb_cn.tsv`` -> ``zh``; ``None`` when there is no known suffix."""
     m = _SUFFIX_RE.match(Path(path).stem)
     if not m:
@@ -124,7 +125,7 @@ def benchmark_name_from_path(path: str | os.PathLike) -> str:
 @dataclass(frozen=True)
 class BenchmarkSpec:
     name: str
-    hub_template: Optional[str]  # path inside the Hub dataset repo, with {code} = file language code
+    hub_template: str | None  # path inside the Hub dataset repo, with {code} = file language code
     circular: bool
     display_name: str
 
@@ -150,7 +151,7 @@ def default_data_dir() -> Path:
 def resolve_benchmark_file(
     benchmark: str,
     language: str,
-    data_dir: Optional[str | os.PathLike] = None,
+    data_dir: str | os.PathLike | None = None,
     *,
     download: bool = True,
     repo_id: str = HUB_DATASET_REPO,
@@ -198,7 +199,7 @@ class BadRow:
     """A row that could not be evaluated; it is reported and counted in ``skipped``."""
 
     index: object
-    language: Optional[str]
+    language: str | None
     reason: str
     source: str = ""
 
@@ -215,11 +216,11 @@ class Sample:
     question: str
     options: dict[str, str]
     answer: str
-    hint: Optional[str] = None
-    category: Optional[str] = None
-    l2_category: Optional[str] = None
-    image_b64: Optional[str] = field(default=None, repr=False)
-    image_path: Optional[Path] = None
+    hint: str | None = None
+    category: str | None = None
+    l2_category: str | None = None
+    image_b64: str | None = field(default=None, repr=False)
+    image_path: Path | None = None
     source: str = ""
 
     @property
@@ -256,7 +257,7 @@ def _check_image_bytes(raw: bytes) -> None:
         im.verify()
 
 
-def _cell(value) -> Optional[str]:
+def _cell(value) -> str | None:
     """A TSV cell as stripped text, ``None`` when empty."""
     if value is None:
         return None
@@ -273,7 +274,7 @@ def _cell(value) -> Optional[str]:
     return s
 
 
-def _parse_index(value) -> Optional[int]:
+def _parse_index(value) -> int | None:
     s = _cell(value)
     if s is None:
         return None
@@ -313,7 +314,7 @@ def read_table(path: str | os.PathLike):
 
 def load_tsv(
     path: str | os.PathLike,
-    language: Optional[str] = None,
+    language: str | None = None,
     *,
     verify_images: bool = True,
 ) -> tuple[list[Sample], list[BadRow]]:
@@ -351,7 +352,7 @@ def load_tsv(
     samples: list[Sample] = []
     bad: list[BadRow] = []
     seen: set[int] = set()
-    verified: dict[int, Optional[str]] = {}  # id(b64 string) -> error
+    verified: dict[int, str | None] = {}  # id(b64 string) -> error
 
     def reject(idx, lang, reason):
         bad.append(BadRow(idx, lang, reason, src))

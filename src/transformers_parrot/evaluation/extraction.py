@@ -14,7 +14,7 @@ the same way (the option-text step is skipped for those predictions too).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 STRIP_CHARS = ".()[],:;!*#{}"
 _TRANSLATION = str.maketrans({c: " " for c in STRIP_CHARS})
@@ -27,19 +27,19 @@ REFUSALS = (
 )
 
 
-def _letter_match(prediction: str, letters) -> Optional[str]:
+def _letter_match(prediction: str, letters) -> str | None:
     words = set(prediction.translate(_TRANSLATION).split())
     found = [L for L in letters if L in words]
     return found[0] if len(found) == 1 else None
 
 
-def _text_match(prediction: str, options: Mapping[str, str]) -> Optional[str]:
+def _text_match(prediction: str, options: Mapping[str, str]) -> str | None:
     low = prediction.lower()
     found = [L for L, text in options.items() if str(text).lower() in low]
     return found[0] if len(found) == 1 else None
 
 
-def extract_choice(prediction: Optional[str], options: Mapping[str, str]) -> Optional[str]:
+def extract_choice(prediction: str | None, options: Mapping[str, str]) -> str | None:
     """The option letter a free-form prediction names, or ``None`` if it names none or several.
 
     ``options`` maps the row's present option letters to their texts (empty options removed).

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import Iterable, Mapping
 
-logger = logging.getLogger("transformers_parrot.evaluation")
+from transformers.utils.logging import get_logger
 
-PathLike = Union[str, os.PathLike]
+logger = get_logger(__name__)
+
+PathLike = str | os.PathLike
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,7 +52,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def dumps_json(obj, indent: Optional[int] = 2) -> str:
+def dumps_json(obj, indent: int | None = 2) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=False) + ("\n" if indent else "")
 
 
@@ -105,7 +106,7 @@ class PredictionStore:
     def __contains__(self, key: tuple) -> bool:
         return key in self.records
 
-    def get(self, key: tuple) -> Optional[dict]:
+    def get(self, key: tuple) -> dict | None:
         return self.records.get(key)
 
     def append(self, records: Iterable[Mapping]) -> None:

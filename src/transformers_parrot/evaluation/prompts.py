@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 from .data import normalize_language
 
@@ -26,7 +26,7 @@ def build_prompt(
     question: str,
     options: Mapping[str, str],
     language: str,
-    hint: Optional[str] = None,
+    hint: str | None = None,
 ) -> str:
     """Build Parrot's multiple-choice prompt.
 

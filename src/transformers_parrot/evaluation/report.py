@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping
+
+from transformers.utils.logging import get_logger
 
 from .data import BENCHMARKS, HUB_DATASET_REPO, LANGUAGE_NAMES, LANGUAGES
 from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-logger = logging.getLogger("transformers_parrot.evaluation")
+logger = get_logger(__name__)
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -187,7 +188,7 @@ def write_reports(
     output_dir,
     results: Mapping,
     *,
-    skipped: Optional[Mapping] = None,
+    skipped: Mapping | None = None,
     model_name: str = "model",
     merge: bool = True,
 ) -> dict:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+from transformers.utils.logging import get_logger
 
 from ..cli import torch_dtype as resolve_dtype
 from ..processing_parrot import IMAGE_TOKEN
@@ -29,7 +30,7 @@ from .io_utils import PredictionStore, atomic_write_json
 from .prompts import build_sample_prompt
 from .scoring import score_benchmark
 
-logger = logging.getLogger("transformers_parrot.evaluation")
+logger = get_logger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULTS_FILE = "results.json"
@@ -78,7 +79,7 @@ class TransformersPredictor:
     prompt; inputs are left-padded; only the newly generated tokens are decoded (special tokens skipped).
     """
 
-    def __init__(self, model, processor, max_new_tokens: int = 512, name: Optional[str] = None, **generate_kwargs):
+    def __init__(self, model, processor, max_new_tokens: int = 512, name: str | None = None, **generate_kwargs):
         self.model = model
         self.processor = processor
         self.max_new_tokens = int(max_new_tokens)
@@ -145,7 +146,7 @@ class TransformersPredictor:
         return [t.strip() for t in texts_out]
 
 
-def resolve_device(device: Optional[str] = "auto") -> str:
+def resolve_device(device: str | None = "auto") -> str:
     if device in (None, "auto"):
         try:
             import torch
@@ -210,11 +211,11 @@ class BenchmarkData:
 
 def prepare_benchmark(
     benchmark: str,
-    languages: Optional[Union[str, Iterable[str]]] = None,
-    data_dir: Optional[Union[str, os.PathLike]] = None,
+    languages: str | Iterable[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
     *,
-    limit: Optional[int] = None,
-    circular: Optional[bool] = None,
+    limit: int | None = None,
+    circular: bool | None = None,
     download: bool = True,
 ) -> BenchmarkData:
     """Resolve and load a benchmark (``mmmb``, ``mmbench`` or a TSV path) for the requested languages."""
@@ -330,17 +331,17 @@ def evaluate(
     model=None,
     processor=None,
     *,
-    predictor: Optional[Predictor] = None,
-    predict_fn: Optional[Callable[[list[tuple]], Sequence[str]]] = None,
-    benchmark: Union[str, Sequence[str]] = "mmmb",
-    languages: Optional[Union[str, Iterable[str]]] = None,
-    data_dir: Optional[Union[str, os.PathLike]] = None,
-    output_dir: Union[str, os.PathLike] = "parrot_eval_output",
+    predictor: Predictor | None = None,
+    predict_fn: Callable[[list[tuple]], Sequence[str]] | None = None,
+    benchmark: str | Sequence[str] = "mmmb",
+    languages: str | Iterable[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike = "parrot_eval_output",
     batch_size: int = 8,
     max_new_tokens: int = 512,
-    limit: Optional[int] = None,
-    model_name: Optional[str] = None,
-    circular: Optional[bool] = None,
+    limit: int | None = None,
+    model_name: str | None = None,
+    circular: bool | None = None,
     download: bool = True,
     progress: bool = True,
     overwrite: bool = False,

@@ -9,7 +9,7 @@ original ordering).
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping
 
 from .data import CIRCULAR_MODULUS, LANGUAGES
 
@@ -79,8 +79,8 @@ def score_rows(records: Iterable[Mapping], circular: bool, skipped: int = 0) -> 
 def score_benchmark(
     records: Iterable[Mapping],
     circular: bool,
-    skipped: Optional[Mapping[str, int]] = None,
-    languages: Optional[Iterable[str]] = None,
+    skipped: Mapping[str, int] | None = None,
+    languages: Iterable[str] | None = None,
 ) -> dict[str, dict]:
     """Score rows of several languages: ``{language: score_rows(...)}`` in paper language order."""
     by_lang: dict[str, list[Mapping]] = defaultdict(list)
