@@ -239,6 +239,27 @@ def load_llava_json(
     return dataset
 
 
+def _sample_images(example: dict, column: str, where: str, image_folder: str | None, check_images: bool) -> list:
+    """A sample's images from `column` (or a single `image`): undecoded `{"path", "bytes": None}` dicts become
+    paths, relative paths are resolved against `image_folder`, and every path is checked when `check_images`."""
+    images = example.get(column)
+    if images is None and "image" in example:
+        images = [] if example["image"] in (None, "") else [example["image"]]
+    images = list(images or [])
+    for j, image in enumerate(images):
+        if image is None:
+            raise ParrotDataError(f"{where}: image {j} is missing")
+        if isinstance(image, dict) and image.get("bytes") is None:
+            image = image.get("path")
+        if isinstance(image, str):
+            if image_folder is not None and not os.path.isabs(image):
+                image = os.path.join(image_folder, image)
+            if check_images:
+                check_image(image, where)
+        images[j] = image
+    return images
+
+
 def normalize_conversational(dataset, on_error: str = "raise", check_images: bool = True,
                              source: str = "", report: DataReport | None = None,
                              messages_column: str = "messages", images_column: str = "images"):
@@ -252,19 +273,7 @@ def normalize_conversational(dataset, on_error: str = "raise", check_images: boo
     def convert(example, index):
         sample_id = str(example.get("id", index))
         where = f"{where_prefix}sample {sample_id!r} (#{index})"
-        images = example.get(images_column)
-        if images is None and "image" in example:
-            images = [] if example["image"] is None else [example["image"]]
-        images = list(images or [])
-        for j, image in enumerate(images):
-            if image is None:
-                raise ParrotDataError(f"{where}: image {j} is missing")
-            if isinstance(image, dict) and image.get("bytes") is None:
-                image = image.get("path")
-            if isinstance(image, str):
-                if check_images:
-                    check_image(image, where)
-            images[j] = image
+        images = _sample_images(example, images_column, where, None, check_images)
         messages = _normalize_messages(example.get(messages_column), len(images), where)
         return {"id": sample_id, "messages": messages, "images": images}
 
@@ -374,21 +383,7 @@ def convert_preference_sample(example: dict, index: int, image_folder=None, sour
     or decoded images)."""
     sample_id = str(example.get("id", index))
     where = f"{source + ': ' if source else ''}sample {sample_id!r} (#{index})"
-    images = example.get("images")
-    if images is None and "image" in example:
-        images = [] if example["image"] in (None, "") else [example["image"]]
-    images = list(images or [])
-    for j, image in enumerate(images):
-        if image is None:
-            raise ParrotDataError(f"{where}: image {j} is missing")
-        if isinstance(image, dict) and image.get("bytes") is None:
-            image = image.get("path")
-        if isinstance(image, str):
-            if image_folder is not None and not os.path.isabs(image):
-                image = os.path.join(image_folder, image)
-            if check_images:
-                check_image(image, where)
-        images[j] = image
+    images = _sample_images(example, "images", where, image_folder, check_images)
     prompt = example.get("prompt")
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
