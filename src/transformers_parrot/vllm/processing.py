@@ -70,9 +70,6 @@ class ParrotProcessingInfo(BaseProcessingInfo):
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None}
 
-    def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
-        return {"images_kwargs": set()}
-
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
         return {"image": self.get_hf_config().image_seq_length}
 
