@@ -58,6 +58,11 @@ CHECKPOINTING_ARG = (
 )
 
 
+# 5.0 reads a `warmup_steps` below 1 as a ratio of the total steps (and deprecates `warmup_ratio`); 4.x needs
+# `warmup_ratio` for that. Delete with 4.x support.
+WARMUP_RATIO_ARG = "warmup_ratio" if IS_TRANSFORMERS_4 else "warmup_steps"
+
+
 def enable_checkpointing(model, **kwargs) -> None:
     """`model.activation_checkpointing_enable(...)` (5.23+) or `gradient_checkpointing_enable(...)` (older)."""
     getattr(model, f"{CHECKPOINTING_ARG}_enable")(**{f"{CHECKPOINTING_ARG}_kwargs": kwargs} if kwargs else {})

@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from trl import DPOConfig, SFTConfig
 
-from .._compat import CHECKPOINTING_ARG
+from .._compat import CHECKPOINTING_ARG, WARMUP_RATIO_ARG
 from .recipes import STAGE_LEARNING_RATE, bf16_available
 
 
@@ -61,7 +61,10 @@ class _PaperDefaults:
     """Defaults of every recipe of the paper; the rest is TRL's. Mixed in before TRL's config class."""
 
     lr_scheduler_type: SchedulerType | str = _default("lr_scheduler_type", "cosine")
-    warmup_steps: float = _default("warmup_steps", 0.03)  # below 1: a ratio of the total steps (transformers 5)
+    if WARMUP_RATIO_ARG == "warmup_steps":
+        warmup_steps: float = _default("warmup_steps", 0.03)  # below 1: a ratio of the total steps
+    else:
+        warmup_ratio: float = _default("warmup_ratio", 0.03)
     num_train_epochs: float = _default("num_train_epochs", 1.0)
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (default: on when the GPU supports it, as in the paper)."})
