@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 from transformers import AutoTokenizer
 
 from transformers_parrot.assets import TINY_TOKENIZER_DIR, bundled_image
+from transformers_parrot._compat import IS_TRANSFORMERS_4
 from transformers_parrot.assets.build_tiny_tokenizer import MMMB_INSTRUCTIONS, write_tokenizer
 from transformers_parrot.processing_parrot import DEFAULT_CHAT_TEMPLATE, ParrotProcessor, default_image_processor
 
 pytestmark = pytest.mark.compat  # the processor is part of the transformers 4.57 compatibility subset
 
-IS_V5 = int(transformers.__version__.split(".")[0]) >= 5
+IS_V5 = not IS_TRANSFORMERS_4
 SEQ = 10  # image_seq_length used in these tests
 SIDE = 30  # image processor output side
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

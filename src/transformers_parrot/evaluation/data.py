@@ -19,7 +19,7 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from transformers.utils.logging import get_logger
 
