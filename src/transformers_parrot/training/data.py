@@ -239,6 +239,21 @@ def load_llava_json(
     return dataset
 
 
+def _undecoded_images(dataset, columns):
+    """Keep image columns undecoded (paths/bytes) while converting: decoding 665k images just to copy them is
+    waste."""
+    from datasets import Image, List
+
+    for column in columns:
+        if column in dataset.column_names:
+            feature = dataset.features[column]
+            if isinstance(feature, Image):
+                dataset = dataset.cast_column(column, Image(decode=False))
+            elif isinstance(getattr(feature, "feature", None), Image):
+                dataset = dataset.cast_column(column, List(Image(decode=False)))
+    return dataset
+
+
 def _sample_images(example: dict, column: str, where: str, image_folder: str | None, check_images: bool) -> list:
     """A sample's images from `column` (or a single `image`): undecoded `{"path", "bytes": None}` dicts become
     paths, relative paths are resolved against `image_folder`, and every path is checked when `check_images`."""
@@ -278,16 +293,7 @@ def normalize_conversational(dataset, on_error: str = "raise", check_images: boo
         return {"id": sample_id, "messages": messages, "images": images}
 
     if isinstance(dataset, Dataset):
-        from datasets import Image, List
-
-        # keep images undecoded (paths/bytes) while converting: decoding 665k images just to copy them is waste
-        for column in (images_column, "image"):
-            if column in dataset.column_names:
-                feature = dataset.features[column]
-                if isinstance(feature, Image):
-                    dataset = dataset.cast_column(column, Image(decode=False))
-                elif isinstance(getattr(feature, "feature", None), Image):
-                    dataset = dataset.cast_column(column, List(Image(decode=False)))
+        dataset = _undecoded_images(dataset, (images_column, "image"))
         rows = list(_checked(((i, ex) for i, ex in enumerate(dataset)), convert, on_error, report))
         out = Dataset.from_list(rows, features=_features())
         out.parrot_report = report
@@ -409,16 +415,10 @@ def normalize_preference(dataset, image_folder=None, on_error: str = "raise", ch
                          source: str = "", report: DataReport | None = None):
     """An image-grounded preference dataset (prompt, chosen, rejected, images) → the canonical preference schema
     TRL's DPO vision collator reads; bad pairs raise or are skipped and counted."""
-    from datasets import Dataset, Image, List
+    from datasets import Dataset
 
     report = report if report is not None else DataReport()
-    for column in ("images", "image"):
-        if column in dataset.column_names:
-            feature = dataset.features[column]
-            if isinstance(feature, Image):
-                dataset = dataset.cast_column(column, Image(decode=False))
-            elif isinstance(getattr(feature, "feature", None), Image):
-                dataset = dataset.cast_column(column, List(Image(decode=False)))
+    dataset = _undecoded_images(dataset, ("images", "image"))
 
     def convert(example, index):
         return convert_preference_sample(example, index, image_folder, source, check_images)
