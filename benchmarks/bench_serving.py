@@ -52,8 +52,8 @@ def build_model(directory: Path):
     vision = preset["vision"]
     processor = tiny_processor(image_size=vision["image_size"], patch_size=vision["patch_size"])
     text = {key: value for key, value in preset["text"].items() if key != "vocab_size"}
-    config = config_for_processor(processor, vision_config=vision, text_config=text,
-                                  num_experts=preset["num_experts"], moe_intermediate_size=preset["moe_intermediate_size"])
+    config = config_for_processor(processor, vision_config=vision, text_config=text, num_experts=preset["num_experts"],
+                                  moe_intermediate_size=preset["moe_intermediate_size"])
     torch.manual_seed(0)
     model = ParrotForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id

@@ -30,7 +30,8 @@ def save_tiny_parrot(directory: Path, **overrides):
     sharpen_routing(model)
     generator = torch.Generator().manual_seed(7)
     experts = model.model.moe.experts
-    llm_matrices = [w for name, w in model.model.language_model.named_parameters() if w.ndim == 2 and "embed" not in name]
+    llm_matrices = [weight for name, weight in model.model.language_model.named_parameters()
+                    if weight.ndim == 2 and "embed" not in name]
     with torch.no_grad():
         for weight in [*llm_matrices, experts.gate_up_proj, experts.down_proj]:
             weight.copy_(torch.randn(weight.shape, generator=generator) * SENSITIVE_STD)
