@@ -56,6 +56,45 @@ def _attended_tokens(attention_mask, seq_len: int) -> torch.Tensor | None:
     return None
 
 
+def guidance_mask(
+    header_matches: list[torch.Tensor], image_mask: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, S) bool: the tokens that guide the router, i.e. the prompt.
+
+    header_matches: one (B, S) bool mask per id of `config.assistant_header_ids` (`<|im_start|>` first), true where
+    the token is that id; image_mask (B, S): image tokens; attention_mask: any form transformers passes, or None.
+    Every attended, non-image token except assistant answers guides: a token is an answer when an assistant header
+    ended before it and no `<|im_start|>` came since. Labels are never needed,
+    so the router sees the same text at training (prompt + answer) as at generation (prompt only).
+
+    Example: 10 tokens of a left-padded training sample, 1 = guidance:
+
+        <pad> <|im_start|> user <image> 你好 <|im_end|> <|im_start|> assistant \\n 红色
+          0        1        1      0     1       1          1           1      1    0
+
+    `<pad>` is not attended, `<image>` is an image token, and `红色` follows the assistant header
+    `<|im_start|> assistant \\n` with no `<|im_start|>` since: it is the answer (its `<|im_end|>` would be too).
+    The header itself guides, as at generation, where the prompt ends with it.
+    """
+    header_len = len(header_matches)
+    seq_len = image_mask.shape[1]
+    header_end = torch.ones_like(image_mask)
+    for offset, match in enumerate(header_matches):  # the header must end at position p: token k at p - (H-1) + k
+        shift = header_len - 1 - offset
+        header_end = header_end & F.pad(match, (shift, 0), value=False)[:, :seq_len]
+    positions = torch.arange(seq_len, device=image_mask.device).expand_as(image_mask)
+    none = torch.full_like(positions, -1)
+    last_header_end = torch.where(header_end, positions, none).cummax(dim=1).values
+    last_header_end = F.pad(last_header_end, (1, 0), value=-1)[:, :seq_len]  # strictly before p
+    last_turn_start = torch.where(header_matches[0], positions, none).cummax(dim=1).values
+    is_answer = last_header_end > last_turn_start
+    guidance = ~image_mask & ~is_answer
+    attended = _attended_tokens(attention_mask, seq_len)
+    if attended is not None:
+        guidance = guidance & attended
+    return guidance
+
+
 @dataclass
 class ParrotModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -408,40 +447,10 @@ class ParrotModel(ParrotPreTrainedModel):
         attention_mask: torch.Tensor | None,
         image_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """(B, S) bool: the tokens that guide the router, i.e. the prompt.
-
-        Every attended, non-image token except assistant answers: a token is an answer when an assistant header
-        (`config.assistant_header_ids`) ended before it and no `<|im_start|>` came since. Labels are never needed,
-        so the router sees the same text at training (prompt + answer) as at generation (prompt only).
-
-        Example: 10 tokens of a left-padded training sample, 1 = guidance:
-
-            <pad> <|im_start|> user <image> 你好 <|im_end|> <|im_start|> assistant \\n 红色
-              0        1        1      0     1       1          1           1      1    0
-
-        `<pad>` is not attended, `<image>` is an image token, and `红色` follows the assistant header
-        `<|im_start|> assistant \\n` with no `<|im_start|>` since: it is the answer (its `<|im_end|>` would be too).
-        The header itself guides, as at generation, where the prompt ends with it.
-        """
-        header = self.config.assistant_header_ids
-        header_len = len(header)
-        matches = [self._token_mask(token_id, input_ids, inputs_embeds) for token_id in header]
-        seq_len = image_mask.shape[1]
-        header_end = torch.ones_like(image_mask)
-        for offset, match in enumerate(matches):  # the header must end at position p: token k at p - (H-1) + k
-            shift = header_len - 1 - offset
-            header_end = header_end & F.pad(match, (shift, 0), value=False)[:, :seq_len]
-        positions = torch.arange(seq_len, device=image_mask.device).expand_as(image_mask)
-        none = torch.full_like(positions, -1)
-        last_header_end = torch.where(header_end, positions, none).cummax(dim=1).values
-        last_header_end = F.pad(last_header_end, (1, 0), value=-1)[:, :seq_len]  # strictly before p
-        last_turn_start = torch.where(matches[0], positions, none).cummax(dim=1).values
-        is_answer = last_header_end > last_turn_start
-        guidance = ~image_mask & ~is_answer
-        attended = _attended_tokens(attention_mask, seq_len)
-        if attended is not None:
-            guidance = guidance & attended
-        return guidance
+        """(B, S) bool: the prompt tokens that guide the router (see `guidance_mask`), from ids or, for an
+        embeds-only call, by embedding equality."""
+        matches = [self._token_mask(token_id, input_ids, inputs_embeds) for token_id in self.config.assistant_header_ids]
+        return guidance_mask(matches, image_mask, attention_mask)
 
     @can_return_tuple
     @accept_legacy_cache_kwarg
@@ -571,4 +580,4 @@ class ParrotForConditionalGeneration(ParrotPreTrainedModel, PixelValuesAtPrefill
         )
 
 
-__all__ = ["ParrotPreTrainedModel", "ParrotModel", "ParrotForConditionalGeneration"]
+__all__ = ["ParrotPreTrainedModel", "ParrotModel", "ParrotForConditionalGeneration", "guidance_mask"]

@@ -1,6 +1,6 @@
 """vLLM multimodal processor for Parrot: `<image>` expansion, pixel preprocessing and prompt-keyed routing inputs.
 
-Parrot's MoE routes each image by the prompt's guidance tokens (`ParrotModel.get_guidance_mask`: every prompt token
+Parrot's MoE routes each image by the prompt's guidance tokens (`modeling_parrot.guidance_mask`: every prompt token
 except image tokens and earlier assistant answers). vLLM keys its processor cache, encoder cache and prefix cache by
 each image item's hash, which covers the image (or a client uuid) and the processor kwargs but not the prompt. So
 `ParrotMultiModalProcessor.apply` adds the prompt's guidance token ids to the processor kwargs: every image's hash,
@@ -30,7 +30,7 @@ from vllm.multimodal.processing.context import TimingContext
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
 from ..configuration_parrot import ParrotConfig
-from ..modeling_parrot import ParrotModel
+from ..modeling_parrot import guidance_mask
 from ..processing_parrot import IMAGE_TOKEN, ParrotProcessor
 
 GUIDANCE_KWARG = "parrot_guidance_ids"
@@ -39,22 +39,11 @@ GUIDANCE_FIELD = "guidance_ids"
 """Per-image model input: the guidance token ids (G,) of the prompt the image belongs to."""
 
 
-class _PromptGuidance:
-    """The members of `ParrotModel` that `ParrotModel.get_guidance_mask` reads, so that vLLM selects exactly the
-    guidance tokens the transformers model selects."""
-
-    _token_mask = ParrotModel._token_mask
-    get_guidance_mask = ParrotModel.get_guidance_mask
-
-    def __init__(self, config: ParrotConfig):
-        self.config = config
-
-
 def guidance_token_ids(prompt: Sequence[int], config: ParrotConfig) -> list[int]:
     """The ids of the prompt's tokens that guide the router, in prompt order (image tokens and answers left out)."""
     input_ids = torch.tensor([list(prompt)], dtype=torch.long)
-    image_mask = input_ids == config.image_token_id
-    mask = _PromptGuidance(config).get_guidance_mask(input_ids, None, None, image_mask)
+    matches = [input_ids == token_id for token_id in config.assistant_header_ids]
+    mask = guidance_mask(matches, input_ids == config.image_token_id)
     return input_ids[mask].tolist()
 
 
