@@ -91,20 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     info = {"command": shlex.join(["python", "benchmarks/bench_demo_seeds.py", *given]),
             "demo_command": "parrot-demo --seed S --no-progress" + (f" {shlex.join(extra)}" if extra else ""),
             "target_accuracy": TARGET_ACCURACY, "budget_s": args.budget_s, "machine": machine(), "note": args.note}
-    runs = []
+    runs = info["runs"] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.output) if args.output else Path(tmp)
         for seed in seeds:
             runs.append(run_seed(seed, root / f"seed{seed}", extra, args.budget_s))
-    info["runs"] = runs
-    info["all_ok"] = all(r["ok"] for r in runs)
-    walls = [r["wall_s"] for r in runs]
-    info["wall_s"] = {"min": min(walls), "max": max(walls), "mean": round(sum(walls) / len(walls), 1)}
+            walls = [r["wall_s"] for r in runs]
+            info.update(seeds_done=[r["seed"] for r in runs], complete=len(runs) == len(seeds),
+                        all_ok=len(runs) == len(seeds) and all(r["ok"] for r in runs),
+                        wall_s={"min": min(walls), "max": max(walls), "mean": round(sum(walls) / len(walls), 1)})
+            if args.json:  # after every seed, so an interrupted check keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{sum(r['ok'] for r in runs)}/{len(runs)} seeds reached {TARGET_ACCURACY:.0f}% in every language "
           f"within {args.budget_s:.0f} s (wall {info['wall_s']['min']:.0f}-{info['wall_s']['max']:.0f} s)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0 if info["all_ok"] else 1
 
 
