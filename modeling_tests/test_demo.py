@@ -19,11 +19,7 @@ matplotlib = pytest.importorskip("matplotlib")
 
 from transformers_parrot.demo import LANGUAGES, run  # noqa: E402
 from transformers_parrot.demo.data import (  # noqa: E402
-    COLOURS,
-    GRID,
-    IMAGE_SIZE,
     KINDS,
-    POSITION_CELLS,
     QUESTIONS,
     Scene,
     heldout_rows,
@@ -176,41 +172,6 @@ def test_routing_summary_against_a_hand_computation():
     assert summary["mean_pairwise_tv_between_languages"] == pytest.approx(5 / 6)
     assert summary["max_abs_deviation_from_uniform"] == pytest.approx(5 / 6)
     assert summary["top_expert"]["zh"] == 0
-
-
-def _coloured_cells(image) -> set[tuple[int, int]]:
-    """Cells of the drawing grid that contain non-white pixels."""
-    cell = IMAGE_SIZE // GRID
-    pixels = image.load()
-    return {(y // cell, x // cell) for y in range(IMAGE_SIZE) for x in range(IMAGE_SIZE)
-            if pixels[x, y] != (255, 255, 255)}
-
-
-def test_drawings_put_whole_shapes_in_patch_cells():
-    from transformers_parrot.demo.model import DemoModelConfig
-
-    assert DemoModelConfig().patch_size * GRID == DemoModelConfig().image_size == IMAGE_SIZE
-    for position, cell in POSITION_CELLS.items():
-        for seed in range(5):
-            assert _coloured_cells(render(Scene("star", "blue", 1, position, seed))) == {cell}
-    for count in (2, 3, 4):
-        for seed in range(5):
-            image = render(Scene("square", "green", count, None, seed))
-            assert len(_coloured_cells(image)) == count
-            assert {colour for _, colour in image.getcolors()} <= {(255, 255, 255), COLOURS["green"]}
-
-
-def test_training_questions_are_balanced_over_kinds(tmp_path):
-    summary = write_training_data(tmp_path, seed=2, num_images=600, stage1_samples=10)
-    per_kind = {kind: 0 for kind in KINDS}
-    for key, n in summary["stage2_by_language_kind_style"].items():
-        per_kind[key.split("/")[1]] += n
-    total = sum(per_kind.values())
-    assert total == 600 * 4
-    for kind, n in per_kind.items():
-        assert 0.21 < n / total < 0.29, (kind, n / total)
-    rows = json.loads((tmp_path / "stage2.json").read_text(encoding="utf-8"))
-    assert {row["language"] for row in rows} == set(LANGUAGES)
 
 
 def test_data_is_deterministic_and_well_formed(tmp_path):

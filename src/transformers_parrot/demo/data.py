@@ -36,16 +36,7 @@ COLOURS = {  # name -> RGB; clean, well separated hues on a white background
 SHAPES = ("circle", "square", "triangle", "star")
 COUNTS = (1, 2, 3, 4)
 POSITIONS = ("left", "right", "top", "bottom")
-IMAGE_SIZE = 48  # px; the demo model's vision tower reads it as GRID x GRID patches
-GRID = 3  # cells per side: one shape per cell, one cell per patch
-POSITION_CELLS = {"left": (1, 0), "right": (1, 2), "top": (0, 1), "bottom": (2, 1)}  # (row, column)
-# Training balance: position questions need a single shape, so single-shape images are over-represented and
-# mostly asked about position; with these weights each kind is a quarter of the training questions.
-SINGLE_SHARE = 0.4
-KIND_WEIGHTS = {
-    True: {"colour": 0.125, "shape": 0.125, "count": 0.125, "position": 0.625},  # single-shape image
-    False: {"colour": 1 / 3, "shape": 1 / 3, "count": 1 / 3},  # 2-4 shapes
-}
+IMAGE_SIZE = 48  # px
 
 # Answer words per language (mostly the words the bundled tiny tokenizer was trained on).
 WORDS: dict[str, dict[str, str]] = {
@@ -112,9 +103,9 @@ def candidates(kind: str) -> tuple:
     return {"colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS, "position": POSITIONS}[kind]
 
 
-def random_scene(rng: random.Random, kind: str | None = None, several: bool = False) -> Scene:
-    """A scene that can answer `kind` (a position question needs a single shape); `several`: 2-4 shapes."""
-    count = 1 if kind == "position" else rng.choice(COUNTS[1:] if several else COUNTS)
+def random_scene(rng: random.Random, kind: str | None = None) -> Scene:
+    """A scene that can answer `kind` (a position question needs a single shape)."""
+    count = 1 if kind == "position" else rng.choice(COUNTS)
     position = rng.choice(POSITIONS) if count == 1 else None
     return Scene(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), count, position, rng.randrange(1 << 30))
 
@@ -123,7 +114,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif shape == "square":
-        s = r * 0.85
+        s = r * 0.88
         draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
     elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.85), (cx - r, cy + r * 0.85)], fill=fill)
@@ -141,24 +132,26 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
     """Draw a scene on a white `size`×`size` canvas (deterministic for the scene's seed).
 
-    The canvas is a `GRID`×`GRID` grid of cells, the vision tower's patch grid (`demo.model` uses patch size
-    size // GRID): every shape sits inside one cell, with a little jitter. A single shape sits in the middle cell
-    of the left, right, top or bottom edge; several shapes take distinct random cells. So each visual token sees
-    whole shapes, never pieces split over four patches, and a from-scratch tower learns shape, count and position
-    from the first few hundred steps instead of "clicking" late."""
+    Several shapes go into distinct cells of a 2×2 grid with a little jitter; a single shape sits centred on the
+    left, right, top or bottom edge of the canvas."""
     rng = random.Random(scene.seed)
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    cell = size / GRID
+    fill = COLOURS[scene.colour]
     if scene.count == 1:
-        cells = [POSITION_CELLS[scene.position]]
-    else:
-        cells = [divmod(c, GRID) for c in rng.sample(range(GRID * GRID), scene.count)]
-    for row, col in cells:
-        jitter = 0.08 * cell
-        cx = (col + 0.5) * cell + rng.uniform(-jitter, jitter)
-        cy = (row + 0.5) * cell + rng.uniform(-jitter, jitter)
-        _draw_shape(draw, scene.shape, cx, cy, 0.4 * cell, COLOURS[scene.colour])
+        # large enough to span several patches of the small from-scratch vision tower
+        r = size * 0.28
+        along = size / 2 + rng.uniform(-0.05, 0.05) * size
+        edge = size * 0.27
+        cx, cy = {"left": (edge, along), "right": (size - edge, along),
+                  "top": (along, edge), "bottom": (along, size - edge)}[scene.position]
+        _draw_shape(draw, scene.shape, cx, cy, r, fill)
+        return image
+    half = size / 2
+    for cell in rng.sample(range(4), scene.count):
+        cx = (cell % 2) * half + half / 2
+        cy = (cell // 2) * half + half / 2
+        _draw_shape(draw, scene.shape, cx, cy, size * 0.22, fill)
     return image
 
 
@@ -196,9 +189,8 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
 
     - ``stage1.json``: English captions of the first `stage1_samples` images (alignment data);
     - ``stage2.json``: `questions_per_image` questions per image, each in a random language of `languages` and of
-      a kind drawn with `KIND_WEIGHTS` (every kind a quarter of the questions); a share `mc_ratio` are Parrot's
-      multiple-choice prompt (exactly the evaluation prompt, options shuffled) answered with the right option's
-      text, the rest short free-form answers in the question's language.
+      a random kind; a share `mc_ratio` are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
+      shuffled) answered with the right option's text, the rest short free-form answers in the question's language.
 
     `on_image()` is called after each image (progress). Returns a summary (counts per language and kind)."""
     folder = Path(folder)
@@ -208,16 +200,17 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
     stage1, stage2 = [], []
     counts: dict[str, int] = {}
     for i in range(num_images):
-        single = rng.random() < SINGLE_SHARE
-        scene = random_scene(rng, "position") if single else random_scene(rng, several=True)
+        # a quarter of the images are single shapes (so position questions get their share)
+        scene = random_scene(rng, "position" if i % 4 == 0 else None)
         name = f"{i:06d}.png"
         _png(render(scene, image_size), images / name)
         if i < stage1_samples:
             stage1.append({"id": f"cap{i}", "image": name, "conversations": [
                 {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption(scene)}]})
-        weights = KIND_WEIGHTS[single]
-        for j, kind in enumerate(rng.choices(tuple(weights), tuple(weights.values()), k=questions_per_image)):
+        kinds = [k for k in KINDS if scene.value(k) is not None]
+        for j in range(questions_per_image):
             language = rng.choice(tuple(languages))
+            kind = kinds[j % len(kinds)] if j < len(kinds) else rng.choice(kinds)
             if rng.random() < mc_ratio:
                 # Parrot's multiple-choice prompt, answered with the right option's text: a model this small
                 # learns the pictures in minutes but not the letter bookkeeping; parrot-eval scores an answer

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..tiny import config_for_processor, tiny_processor
-from .data import GRID, IMAGE_SIZE
+from .data import IMAGE_SIZE
 
 
 @dataclass
@@ -16,7 +16,7 @@ class DemoModelConfig:
     """Sizes of the demo model (defaults: about 1.3M parameters, fast on two CPU cores)."""
 
     image_size: int = IMAGE_SIZE
-    patch_size: int = IMAGE_SIZE // GRID  # one patch per drawing cell: 3x3 patches + CLS = 10 visual tokens
+    patch_size: int = 12  # 4x4 patches + CLS = 17 visual tokens
     vision_hidden: int = 64
     vision_layers: int = 3  # Parrot feeds layer -2 to the projector: 2 effective layers
     vision_heads: int = 4
@@ -26,10 +26,6 @@ class DemoModelConfig:
     text_kv_heads: int = 2
     num_experts: int = 6
     moe_intermediate_size: int = 128
-    # The router reads the attended word embeddings of the prompt (norm ~0.05 at the usual 0.02 init), so a 0.02
-    # router stays at 1/6 per expert for a whole demo run. At std 1 its logits follow the prompt's language as the
-    # embeddings grow in training, and the experts can specialise by language (tiny.tiny_model does the same).
-    router_init_std: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +48,6 @@ def build_demo_model(seed: int = 0, sizes: DemoModelConfig | None = None):
                                   use_moe=False)
     torch.manual_seed(seed)
     model = ParrotForConditionalGeneration(config)
-    with torch.no_grad():
-        model.model.moe.gate.weight.normal_(0.0, sizes.router_init_std)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.do_sample = False
