@@ -33,10 +33,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transformers.utils.logging import get_logger
+
+from ..cli import add_flag
 from .data import LANGUAGES, write_test_tsvs, write_training_data
 from .model import DemoModelConfig
 
-logger = logging.getLogger("transformers_parrot.demo")
+logger = get_logger(__name__)
 
 TARGET_ACCURACY = 75.0  # % per language, the demo's promise for seeds 0-4 at the default settings (README)
 
@@ -420,21 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=d.output, help=f"output folder (default: {d.output}/)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"stage-2 optimizer steps (default {d.stage2_steps}; with --quick {QUICK['stage2_steps']})")
-    p.add_argument("--stage1-steps", type=int, default=None, help=f"stage-1 steps (default {d.stage1_steps})")
+    add_flag(p, "stage1_steps", type=int, default=None, help=f"stage-1 steps (default {d.stage1_steps})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--languages", default=",".join(d.languages),
                    help=f"comma-separated subset of {','.join(LANGUAGES)} (default: all six)")
     p.add_argument("--samples", type=int, default=None,
                    help=f"training images (default {d.images}; each gets {d.questions_per_image} questions)")
-    p.add_argument("--test-per-kind", type=int, default=None,
+    add_flag(p, "test_per_kind", type=int, default=None,
                    help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
+    add_flag(p, "batch_size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"stage-2 learning rate (default {d.stage2_lr})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch CPU threads (default {d.threads}; 0: torch's choice)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test of the code path (seconds): the model is not trained long enough to answer")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
+    add_flag(p, "no_progress", action="store_true", help="no progress bars (one line per stage instead)")
     return p
 
 
@@ -475,7 +478,7 @@ def settings_from_args(args) -> DemoSettings:
             setattr(base, name, value)
     for name in ("stage2_steps", "images", "test_per_kind", "batch_size"):
         if getattr(base, name) < 1:
-            raise ValueError(f"--{ {'stage2_steps': 'steps', 'images': 'samples'}.get(name, name).replace('_', '-')} "
+            raise ValueError(f"--{ {'stage2_steps': 'steps', 'images': 'samples'}.get(name, name)} "
                              f"must be >= 1, got {getattr(base, name)}")
     base.progress = not args.no_progress
     return base
