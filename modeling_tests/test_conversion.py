@@ -243,7 +243,7 @@ def test_key_mapping_table_read_forward_matches_the_plan():
             if match:
                 hits.append((ours.replace("*", match.group(1)) if "*" in pattern else ours, op))
         assert hits == [(piece.target, piece.op)], (original, hits)
-    experts = [p for p in plan.values() if p.op in (Op.STACK_GATE, Op.STACK_UP, Op.STACK_DOWN_T)]
+    experts = [p for p in plan.values() if p.op in (Op.STACK_GATE, Op.STACK_UP, Op.STACK_DOWN)]
     assert len(experts) == 3 * config.num_experts
 
 
@@ -275,7 +275,7 @@ def test_converted_folder_layout_and_config(converted, original_tokenizer):
         assert torch.equal(gate_up[:MOE_INTER], orig[f"model.moe_model.experts.{e}.gate_proj.weight"])
         assert torch.equal(gate_up[MOE_INTER:], orig[f"model.moe_model.experts.{e}.up_proj.weight"])
         assert torch.equal(state["model.moe.experts.down_proj"][e],
-                           orig[f"model.moe_model.experts.{e}.down_proj.weight"].T)
+                           orig[f"model.moe_model.experts.{e}.down_proj.weight"])
     assert torch.equal(state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
                        orig["model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"])
     generation = json.loads((out / "generation_config.json").read_text())

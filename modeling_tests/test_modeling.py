@@ -44,8 +44,8 @@ def reference_moe(model, visual_tokens: torch.Tensor, guidance_ids: list[int]):
     output = config.moe_residual_weight * visual_tokens
     for e in chosen:
         w_gate, w_up = experts.gate_up_proj[e, :inter], experts.gate_up_proj[e, inter:]
-        w_down = experts.down_proj[e]  # (I, D)
-        expert_out = (F.silu(visual_tokens @ w_gate.T) * (visual_tokens @ w_up.T)) @ w_down
+        w_down = experts.down_proj[e]  # (D, I)
+        expert_out = (F.silu(visual_tokens @ w_gate.T) * (visual_tokens @ w_up.T)) @ w_down.T
         output = output + weights[e] * expert_out
     return output, router_logits
 
@@ -96,7 +96,7 @@ def test_top_k_one_uses_only_the_best_expert():
     experts, inter = model.model.moe.experts, model.config.moe_intermediate_size
     w_gate, w_up, w_down = experts.gate_up_proj[best, :inter], experts.gate_up_proj[best, inter:], experts.down_proj[best]
     with torch.no_grad():
-        expected = (F.silu(projected @ w_gate.T) * (projected @ w_up.T)) @ w_down + 0.1 * projected
+        expected = (F.silu(projected @ w_gate.T) * (projected @ w_up.T)) @ w_down.T + 0.1 * projected
     torch.testing.assert_close(out.image_hidden_states[0], expected, rtol=1e-4, atol=1e-5)
 
 

@@ -150,9 +150,8 @@ class ParrotMultiModalProjector(nn.Module):
 class ParrotExperts(nn.Module):
     """E SwiGLU experts E_e(x) = W_down,e (silu(W_gate,e x) ⊙ W_up,e x), stored stacked as 3D weights.
 
-    `gate_up_proj` is (E, 2I, D) (each expert's gate rows, then its up rows: `nn.Linear` orientation) and
-    `down_proj` is (E, I, D) (input-major, as GPT-OSS and Llama 4 store it), so both flatten to 2-D matrices without
-    a copy: all experts are one matmul in and one matmul out. No biases.
+    Both are stored (E, out, in), the orientation of `nn.Linear` and Mixtral, so each expert's original weights stack
+    unchanged: `gate_up_proj` (E, 2I, D) (each expert's gate rows, then its up rows), `down_proj` (E, D, I). No biases.
     """
 
     def __init__(self, config: ParrotConfig):
@@ -161,7 +160,7 @@ class ParrotExperts(nn.Module):
         self.hidden_dim = config.text_config.hidden_size
         self.intermediate_dim = config.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(self.num_experts, 2 * self.intermediate_dim, self.hidden_dim))
-        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.intermediate_dim, self.hidden_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
         self.act_fn = nn.SiLU()
 
     def _weighted_swiglu(self, gate_up: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -174,16 +173,17 @@ class ParrotExperts(nn.Module):
         return activated.mul_(up).mul_(weights)
 
     def forward(self, hidden_states: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        """Dense mixture Σ_e w_e E_e(x) as two matmuls over all experts at once.
+        """Dense mixture Σ_e w_e E_e(x): one matmul into all experts, one batched matmul out of them.
 
         hidden_states (N, L, D), routing_weights (N, E) → (N, L, D).
         """
         num_images, seq_len, hidden = hidden_states.shape
         num_experts, inter = self.num_experts, self.intermediate_dim
         gate_up = F.linear(hidden_states, self.gate_up_proj.reshape(num_experts * 2 * inter, hidden))
-        # Scaling before the down projection lets one matmul sum over experts: Σ_e (w_e h_e) W_down,e.
+        # Scaling before the down projection makes the mixture a plain sum: Σ_e (w_e h_e) W_down,eᵀ.
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, num_experts, 2 * inter), routing_weights)
-        return activated.reshape(num_images, seq_len, num_experts * inter) @ self.down_proj.reshape(-1, hidden)
+        per_expert = activated.permute(2, 0, 1, 3).reshape(num_experts, num_images * seq_len, inter)
+        return torch.bmm(per_expert, self.down_proj.transpose(1, 2)).sum(0).view(num_images, seq_len, hidden)
 
     def forward_top_k(
         self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
@@ -197,7 +197,7 @@ class ParrotExperts(nn.Module):
         gate_up_weight = self.gate_up_proj[expert_index].reshape(num_images, top_k * 2 * inter, hidden)
         gate_up = torch.bmm(hidden_states, gate_up_weight.transpose(1, 2))
         activated = self._weighted_swiglu(gate_up.view(num_images, seq_len, top_k, 2 * inter), routing_weights)
-        down = self.down_proj[expert_index].reshape(num_images, top_k * inter, hidden)
+        down = self.down_proj.transpose(1, 2)[expert_index].reshape(num_images, top_k * inter, hidden)
         return torch.bmm(activated.reshape(num_images, seq_len, top_k * inter), down)
 
 
@@ -309,11 +309,7 @@ class ParrotPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, ParrotExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
-            if not getattr(module.down_proj, "_is_hf_initialized", False):
-                # drawn per expert in nn.Linear (D, I) order, stored (I, D): the same values as an (E, D, I) layout
-                draw = module.down_proj.new_empty(module.num_experts, module.hidden_dim, module.intermediate_dim)
-                with torch.no_grad():
-                    module.down_proj.copy_(draw.normal_(mean=0.0, std=std).transpose(1, 2))
+            init.normal_(module.down_proj, mean=0.0, std=std)
         elif isinstance(module, nn.Linear) and isinstance(module.weight, nn.Parameter):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:

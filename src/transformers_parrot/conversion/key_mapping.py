@@ -27,10 +27,10 @@ class Op(enum.Enum):
     GROW_ROWS = "copy, then append mean-initialised rows up to the new vocabulary size (<image>)"
     STACK_GATE = "expert e's (I, D) → rows [0, I) of [e] in the stacked (E, 2I, D)"
     STACK_UP = "expert e's (I, D) → rows [I, 2I) of [e] in the stacked (E, 2I, D)"
-    STACK_DOWN_T = "expert e's (D, I), transposed → [e] in the stacked (E, I, D)"
+    STACK_DOWN = "expert e's (D, I) → [e] in the stacked (E, D, I)"
 
 
-STACK_OPS = (Op.STACK_GATE, Op.STACK_UP, Op.STACK_DOWN_T)
+STACK_OPS = (Op.STACK_GATE, Op.STACK_UP, Op.STACK_DOWN)
 
 KEY_MAPPING: tuple[tuple[str, str, Op], ...] = (
     ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", Op.GROW_ROWS),
@@ -42,7 +42,7 @@ KEY_MAPPING: tuple[tuple[str, str, Op], ...] = (
     ("model.moe_model.gate.weight", "model.moe.gate.weight", Op.COPY),
     ("model.moe_model.experts.{e}.gate_proj.weight", "model.moe.experts.gate_up_proj", Op.STACK_GATE),
     ("model.moe_model.experts.{e}.up_proj.weight", "model.moe.experts.gate_up_proj", Op.STACK_UP),
-    ("model.moe_model.experts.{e}.down_proj.weight", "model.moe.experts.down_proj", Op.STACK_DOWN_T),
+    ("model.moe_model.experts.{e}.down_proj.weight", "model.moe.experts.down_proj", Op.STACK_DOWN),
     ("model.vision_tower.vision_tower.vision_model.*", "model.vision_tower.*", Op.COPY),
 )
 
@@ -75,9 +75,8 @@ def _original_shape(op: Op, target_shape: tuple[int, ...], vocab_rows: int) -> t
     if op in (Op.STACK_GATE, Op.STACK_UP):  # (E, 2I, D) → (I, D)
         _, two_i, d = target_shape
         return (two_i // 2, d)
-    if op is Op.STACK_DOWN_T:  # (E, I, D) → (D, I)
-        _, i, d = target_shape
-        return (d, i)
+    if op is Op.STACK_DOWN:  # (E, D, I) → (D, I)
+        return target_shape[1:]
     return target_shape
 
 

@@ -89,8 +89,8 @@ def _grow_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 def _stack(parts: dict[tuple[int, Op], torch.Tensor], num_experts: int) -> torch.Tensor:
     """The stacked expert tensor from every expert's parts (see `Op`)."""
-    if (0, Op.STACK_DOWN_T) in parts:
-        return torch.stack([parts[(e, Op.STACK_DOWN_T)].T for e in range(num_experts)])
+    if (0, Op.STACK_DOWN) in parts:
+        return torch.stack([parts[(e, Op.STACK_DOWN)] for e in range(num_experts)])
     return torch.stack([torch.cat([parts[(e, Op.STACK_GATE)], parts[(e, Op.STACK_UP)]]) for e in range(num_experts)])
 
 
