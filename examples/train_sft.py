@@ -36,7 +36,7 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     model, processor = load_model_and_processor(script_args, model_args)
     # stage 1: projector only, MoE off; stage 2: projector + MoE + LLM, MoE on (LoRA on the LLM with --use_peft)
     peft_config = prepare_stage(model, script_args.stage, training_args, model_args,
-                                train_vision=script_args.train_vision)
+                                train_vision=script_args.train_vision, train_llm=script_args.train_llm)
 
     ################
     # Dataset: LLaVA JSON / conversational sources, every sample validated, mixed by --dataset_ratios

@@ -203,6 +203,19 @@ def test_stage1(workdir, tmp_path):
     assert trainer.args.learning_rate == 1e-3 and trainer.args.lr_scheduler_type == "cosine"
 
 
+def test_stage1_from_scratch_trains_llm_and_vision(workdir, tmp_path):
+    """`--train_llm --train_vision` (parrot-demo's stage 1, nothing pretrained): everything but the MoE trains."""
+    before = _load_state(workdir)
+    argv = ["--stage", "1", "--train_llm", "True", "--train_vision", "True", "--model_name_or_path",
+            str(workdir / "parrot"), "--datasets", str(workdir / "visual.json"), "--image_folders",
+            str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "3", *COMMON]
+    trainer = run_example("train_sft", argv)
+    assert trainer.model.config.use_moe is False
+    _assert_frozen_and_trained(before, _state(trainer.model), ("model.moe.",),
+                               ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.",
+                                "lm_head."))
+
+
 def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     before = _load_state(workdir)
     argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",

@@ -40,6 +40,8 @@ class ParrotScriptArguments:
     multimodal_lr: float | None = field(default=None, metadata={
         "help": "Separate learning rate for projector + MoE (default: --learning_rate)."})
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (not in the paper)."})
+    train_llm: bool = field(default=False, metadata={
+        "help": "Stage 1: also train the LLM (for an LLM that is not pretrained, as in parrot-demo; not in the paper)."})
     max_images_per_sample: int = field(default=1, metadata={
         "help": "Most images in one sample: --max_length must hold them all (image tokens are never truncated)."})
     merge_lora: bool = field(default=True, metadata={

@@ -35,23 +35,25 @@ def _parrot(model) -> nn.Module:
     raise TypeError(f"no ParrotForConditionalGeneration in {type(model).__name__}")
 
 
-def setup_stage(model, stage: int, train_vision: bool = False) -> dict[str, int]:
+def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool = False) -> dict[str, int]:
     """Set `requires_grad` for a full-parameter stage and apply the stage's config (`STAGE_CONFIG`); returns
     parameter counts.
 
-    stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed).
-    stage 2: projector, MoE and LLM (embeddings and LM head included) train, vision tower frozen unless
-    `train_vision`; `use_moe=True`.
+    stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed); `train_llm` also trains the LLM
+    (for an LLM that is not pretrained, as in `parrot-demo`).
+    stage 2: projector, MoE and LLM (embeddings and LM head included) train, `use_moe=True`.
+    The vision tower stays frozen in both stages unless `train_vision`.
     """
     parrot = _parrot(model)
-    if stage == 1:
-        trainable = ("model.multi_modal_projector.",)
-    elif stage == 2:
-        trainable = ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head.")
-        if train_vision:
-            trainable += ("model.vision_tower.",)
-    else:
+    if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
+    trainable = ("model.multi_modal_projector.",)
+    if stage == 2 or train_llm:
+        trainable += ("model.language_model.", "lm_head.")
+    if stage == 2:
+        trainable += ("model.moe.",)
+    if train_vision:
+        trainable += ("model.vision_tower.",)
     for key, value in STAGE_CONFIG[stage].items():
         setattr(parrot.config, key, value)
     for name, parameter in parrot.named_parameters():

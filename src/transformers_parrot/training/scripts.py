@@ -37,7 +37,8 @@ def load_model_and_processor(script_args: ParrotScriptArguments, model_args):
     return model, ParrotProcessor.from_pretrained(model_args.model_name_or_path)
 
 
-def prepare_stage(model, stage: int, training_args, model_args, train_vision: bool = False):
+def prepare_stage(model, stage: int, training_args, model_args, train_vision: bool = False,
+                  train_llm: bool = False):
     """Set `model` up for `stage` (`recipes.setup_stage`: trainable parameters, `use_moe`) and return the LoRA
     config with `model_args.use_peft` (stage 2 only; the vision tower then stays frozen), else None. A
     `training_args.learning_rate` of None becomes the stage's rate in the paper (`STAGE_LEARNING_RATE`)."""
@@ -48,7 +49,7 @@ def prepare_stage(model, stage: int, training_args, model_args, train_vision: bo
             raise ValueError("stage 1 trains only the projector; --use_peft is for stage 2")
         setup_stage(model, stage)
         return lora_config_for_parrot(model_args)
-    counts = setup_stage(model, stage, train_vision=train_vision)
+    counts = setup_stage(model, stage, train_vision=train_vision, train_llm=train_llm)
     logger.info("stage %d: %d / %d parameters train", stage, counts["trainable"], counts["total"])
     return None
 
@@ -151,7 +152,8 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
         raise ValueError("pass model and processor together (or neither, to load model_args.model_name_or_path)")
     if model is None:
         model, processor = load_model_and_processor(script_args, model_args)
-    peft_config = prepare_stage(model, stage, training_args, model_args, train_vision=script_args.train_vision)
+    peft_config = prepare_stage(model, stage, training_args, model_args, train_vision=script_args.train_vision,
+                                train_llm=script_args.train_llm)
     sources, ratios = mlan_sources(script_args) if mlan else (script_args.datasets, script_args.dataset_ratios)
     train_dataset, report = load_training_data(script_args, sources, ratios, seed=training_args.seed)
     check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
