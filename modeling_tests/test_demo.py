@@ -19,9 +19,12 @@ matplotlib = pytest.importorskip("matplotlib")
 
 from transformers_parrot.demo import LANGUAGES, run  # noqa: E402
 from transformers_parrot.demo.data import (  # noqa: E402
+    CAPTION_PROMPTS,
     KINDS,
     QUESTIONS,
+    WORDS,
     Scene,
+    caption,
     heldout_rows,
     render,
     write_test_tsvs,
@@ -197,4 +200,27 @@ def test_data_is_deterministic_and_well_formed(tmp_path):
     assert s1 == s2
     assert (tmp_path / "t1" / "stage2.json").read_bytes() == (tmp_path / "t2" / "stage2.json").read_bytes()
     train = json.loads((tmp_path / "t1" / "stage2.json").read_text(encoding="utf-8"))
-    assert len(train) == 32 and {row["style"] for row in train} <= {"mc", "free"}
+    assert len(train) == 16 and {row["style"] for row in train} <= {"mc", "free", "caption"}
+    stage1 = json.loads((tmp_path / "t1" / "stage1.json").read_text(encoding="utf-8"))
+    assert len(stage1) == 4 and all(row["conversations"][0]["value"] == f"<image>\n{CAPTION_PROMPTS['en']}"
+                                    for row in stage1)
+
+
+def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path):
+    summary = write_training_data(tmp_path, seed=2, num_images=400, stage1_samples=0, caption_ratio=0.3)
+    train = json.loads((tmp_path / "stage2.json").read_text(encoding="utf-8"))
+    assert summary["stage2_samples"] == len(train) == 800
+    captions = [row for row in train if row["style"] == "caption"]
+    assert 0.25 < len(captions) / len(train) < 0.35
+    assert {row["language"] for row in captions} == set(LANGUAGES)
+    for row in captions:  # the prompt and every attribute word are in the sample's language
+        assert row["conversations"][0]["value"] == f"<image>\n{CAPTION_PROMPTS[row['language']]}"
+        if row["language"] != "en":
+            assert all(part in WORDS[row["language"]].values() for part in row["conversations"][1]["value"].split(", "))
+    questions = [row["kind"] for row in train if row["style"] != "caption"]
+    shares = [questions.count(kind) / len(questions) for kind in KINDS]
+    assert max(shares) - min(shares) < 0.06, dict(zip(KINDS, shares))
+    # a description names what the drawing shows
+    scene = Scene("star", "red", 2, None, 0)
+    assert caption(scene) == "Two red stars." and caption(scene, "zh") == "两个, 红色, 星形"
+    assert caption(Scene("circle", "blue", 1, "left", 0), "ru") == "один, синий, круг, слева"

@@ -1,5 +1,6 @@
 """Synthetic multilingual visual question answering for the demo: PIL drawings of shapes, and questions about
-their colour, shape, count and position in en, zh, pt, ar, tr, ru, with answers in the question's language.
+their colour, shape, count and position in en, zh, pt, ar, tr, ru, with answers in the question's language, and
+short descriptions (English ones for stage-1 alignment, every language's in stage 2).
 
 Everything is a pure function of a seed (`random.Random`, no global state), so the same seed gives the same
 images, questions and files byte for byte.
@@ -81,8 +82,10 @@ QUESTIONS: dict[str, dict[str, str]] = {
            "count": "Сколько фигур на изображении?", "position": "Где находится фигура на изображении?"},
 }
 
-# Stage-1 captions (alignment data is captions in the paper): "{count} {colour} {shape}(s)" in English.
-CAPTION_PROMPT = "Describe the image briefly."
+# Short descriptions: stage 1 aligns on English ones (as the paper's captions), stage 2 has them in every language
+# (as its multilingual descriptions): each names every attribute of the picture, so one sample teaches them all.
+CAPTION_PROMPTS = {"en": "Describe the image briefly.", "zh": "简要描述这张图片。", "pt": "Descreva a imagem brevemente.",
+                   "ar": "صف الصورة باختصار.", "tr": "Resmi kısaca açıklayın.", "ru": "Кратко опишите изображение."}
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,12 @@ def mc_item(rng: random.Random, scene: Scene, kind: str, language: str) -> tuple
     return QUESTIONS[language][kind], letters, LETTERS[options.index(right)]
 
 
-def caption(scene: Scene) -> str:
+def caption(scene: Scene, language: str = "en") -> str:
+    """English: "Two red stars." / "One blue circle on the left."; other languages: the attribute words in the
+    language, comma-separated ("两个, 红色, 星形")."""
+    if language != "en":
+        values = (scene.count, scene.colour, scene.shape) + ((scene.position,) if scene.position else ())
+        return ", ".join(word(language, v) for v in values)
     text = f"{WORDS['en'][scene.count]} {scene.colour} {scene.shape}{'s' if scene.count > 1 else ''}"
     if scene.position:
         text += f" on the {scene.position}"
@@ -183,13 +191,15 @@ def _png(image: Image.Image, path: Path) -> None:
 
 
 def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_samples: int,
-                        languages=LANGUAGES, mc_ratio: float = 0.75, questions_per_image: int = 4,
-                        image_size: int = IMAGE_SIZE, on_image=None) -> dict:
+                        languages=LANGUAGES, mc_ratio: float = 0.75, caption_ratio: float = 0.3,
+                        questions_per_image: int = 2, image_size: int = IMAGE_SIZE, on_image=None) -> dict:
     """Write `num_images` PNGs and two LLaVA JSON files:
 
-    - ``stage1.json``: English captions of the first `stage1_samples` images (alignment data);
-    - ``stage2.json``: `questions_per_image` questions per image, each in a random language of `languages` and of
-      a random kind; a share `mc_ratio` are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
+    - ``stage1.json``: English descriptions of the first `stage1_samples` images (alignment data);
+    - ``stage2.json``: `questions_per_image` samples per image in random languages of `languages`: a share
+      `caption_ratio` are descriptions in the sample's language, the rest questions about the image's kind (image i
+      is drawn for kind ``KINDS[i % 4]``, so the four kinds are equally frequent, as in the held-out sets); a share
+      `mc_ratio` of the questions are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
       shuffled) answered with the right option's text, the rest short free-form answers in the question's language.
 
     `on_image()` is called after each image (progress). Returns a summary (counts per language and kind)."""
@@ -200,29 +210,30 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
     stage1, stage2 = [], []
     counts: dict[str, int] = {}
     for i in range(num_images):
-        # a quarter of the images are single shapes (so position questions get their share)
-        scene = random_scene(rng, "position" if i % 4 == 0 else None)
+        kind = KINDS[i % len(KINDS)]
+        scene = random_scene(rng, kind)
         name = f"{i:06d}.png"
         _png(render(scene, image_size), images / name)
         if i < stage1_samples:
             stage1.append({"id": f"cap{i}", "image": name, "conversations": [
-                {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption(scene)}]})
-        kinds = [k for k in KINDS if scene.value(k) is not None]
+                {"from": "human", "value": f"<image>\n{CAPTION_PROMPTS['en']}"},
+                {"from": "gpt", "value": caption(scene)}]})
         for j in range(questions_per_image):
             language = rng.choice(tuple(languages))
-            kind = kinds[j % len(kinds)] if j < len(kinds) else rng.choice(kinds)
-            if rng.random() < mc_ratio:
-                # Parrot's multiple-choice prompt, answered with the right option's text: a model this small
-                # learns the pictures in minutes but not the letter bookkeeping; parrot-eval scores an answer
-                # that names exactly one option's text as that option (VLMEvalKit's rule).
+            if rng.random() < caption_ratio:
+                prompt, answer, style, asked = CAPTION_PROMPTS[language], caption(scene, language), "caption", "all"
+            elif rng.random() < mc_ratio:
+                # Parrot's multiple-choice prompt, answered with the right option's text (parrot-eval scores an
+                # answer that names exactly one option's text as that option: VLMEvalKit's rule)
                 question, options, letter = mc_item(rng, scene, kind, language)
-                prompt, answer, style = build_prompt(question, options, language), options[letter], "mc"
+                prompt, answer, style, asked = build_prompt(question, options, language), options[letter], "mc", kind
             else:
                 prompt, answer, style = QUESTIONS[language][kind], word(language, scene.value(kind)), "free"
-            stage2.append({"id": f"q{i}-{j}", "image": name, "language": language, "kind": kind, "style": style,
+                asked = kind
+            stage2.append({"id": f"q{i}-{j}", "image": name, "language": language, "kind": asked, "style": style,
                            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
                                              {"from": "gpt", "value": answer}]})
-            key = f"{language}/{kind}/{style}"
+            key = f"{language}/{asked}/{style}"
             counts[key] = counts.get(key, 0) + 1
         if on_image is not None:
             on_image()

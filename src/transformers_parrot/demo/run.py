@@ -4,12 +4,16 @@ language with one `evaluate(...)` call, and show how its MoE routes each languag
 Stages (all under `--output`, default ``parrot-demo-output/``), each with its own progress bar and ETA:
 
 1. data: synthetic PIL drawings (shapes, colours, counts, positions) with questions in en zh pt ar tr ru, answers
-   in the question's language; stage-1 captions and stage-2 instructions as LLaVA JSON, held-out multiple-choice
+   in the question's language; stage-1 English descriptions and stage-2 multilingual descriptions and questions as
+   LLaVA JSON, held-out multiple-choice
    questions as MMMB-format TSVs (``data/test/parrot_demo_{en,cn,pt,ar,tr,ru}.tsv``).
 2. stage 1 and 3. stage 2: a small Parrot built from scratch (`demo.model`), trained with the library's recipe
-   (`transformers_parrot.training.train_sft`, the function behind ``examples/train_sft.py``): stage 1 aligns the
-   projector on captions (MoE bypassed), stage 2 trains projector + MoE + LLM, and the vision tower (it has no
-   pretraining here), on multilingual instructions.
+   (`transformers_parrot.training.train_sft`, the function behind ``examples/train_sft.py``). Nothing here is
+   pretrained, so the vision tower and the LLM train in both stages: stage 1 learns to describe the pictures in
+   English (MoE bypassed), as the paper's English-centric alignment; stage 2 switches the MoE on and trains on
+   descriptions and questions in every language. Descriptions name every attribute of a picture at once, which is
+   what makes the from-scratch tower learn fast and the same way for every seed: question-only data (one attribute
+   per sample, answerable at 25 % by copying an option) left it at chance for hundreds of steps.
 4. evaluation: `transformers_parrot.evaluation.evaluate` on the six TSVs in one call (``eval/``), then the
    routing per language and the figures (`demo.plots`).
 
@@ -51,16 +55,17 @@ class DemoSettings:
     output: str = "parrot-demo-output"
     seed: int = 0
     languages: tuple = LANGUAGES
-    stage1_steps: int = 10
-    stage2_steps: int = 1500
+    stage1_steps: int = 300
+    stage2_steps: int = 1000
     batch_size: int = 32
     stage1_lr: float = 1e-3
     stage2_lr: float = 1e-3
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    images: int = 16000          # training images (each gets `questions_per_image` questions)
-    questions_per_image: int = 4
-    mc_ratio: float = 0.75      # share of stage-2 samples in Parrot's multiple-choice format
+    images: int = 16000          # training images (each gets `questions_per_image` stage-2 samples)
+    questions_per_image: int = 2
+    caption_ratio: float = 0.3  # share of stage-2 samples that are descriptions in the sample's language
+    mc_ratio: float = 0.75      # share of stage-2 questions in Parrot's multiple-choice format
     test_per_kind: int = 25     # held-out MC questions per kind and language (4 kinds)
     eval_batch_size: int = 64
     threads: int | None = 0    # 0: torch's default (all cores); 1 helps on a machine busy with other jobs
@@ -166,13 +171,13 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
     from ..training.scripts import train_sft
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
-    what = ("projector on English captions, MoE bypassed" if stage == 1 else
-            "projector + MoE + LLM + vision tower on multilingual instructions")
+    what = ("vision tower + projector + LLM on English descriptions, MoE bypassed" if stage == 1 else
+            "everything, MoE on, on multilingual descriptions and questions")
     progress = _Stage(settings, number, f"stage {stage} ({what})", steps, "step")
     script_args = ParrotScriptArguments(
         stage=stage, datasets=[str(data / f"stage{stage}.json")], image_folders=[str(data / "images")],
         check_images=False,  # the demo just wrote them
-        train_vision=stage == 2,  # no pretrained CLIP here: the tower learns too
+        train_vision=True, train_llm=True,  # nothing is pretrained here: the tower and the LLM learn too
     )
     model_args = ModelConfig(model_name_or_path=str(model_dir)) if model_dir is not None else None
     trainer = train_sft(script_args, _sft_config(settings, stage, output_dir), model_args, model=model,
@@ -230,11 +235,12 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
         "Trained from scratch by `parrot-demo` (transformers-parrot) on a synthetic multilingual visual question "
         "answering task: PIL drawings of 1-4 identical shapes, questions about their colour, shape, count and "
         f"position in {', '.join(settings.languages)}, answers in the question's language.\n\n"
-        f"- stage 1 (projector only, MoE bypassed): {settings.stage1_steps} steps, LR {settings.stage1_lr}, "
-        "English captions\n"
-        f"- stage 2 (projector + MoE + LLM + vision tower): {settings.stage2_steps} steps, LR {settings.stage2_lr}, "
-        f"{int(settings.mc_ratio * 100)}% Parrot multiple-choice prompts (answered with the option text), "
-        "the rest short free-form answers\n"
+        f"- stage 1 (vision tower + projector + LLM, MoE bypassed): {settings.stage1_steps} steps, "
+        f"LR {settings.stage1_lr}, English descriptions\n"
+        f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr}; "
+        f"{int(settings.caption_ratio * 100)}% descriptions in the sample's language, the rest questions: "
+        f"{int(settings.mc_ratio * 100)}% of them Parrot multiple-choice prompts (answered with the option text), "
+        "the others short free-form answers\n"
         f"- batch {settings.batch_size}, cosine schedule, warmup {settings.warmup_ratio:.0%}, seed {settings.seed}; "
         f"whole run {wall:.0f} s on CPU\n\n"
         "Held-out accuracy (4-way multiple choice, chance 25%):\n\n| language | accuracy |\n|---|---|\n"
@@ -319,6 +325,7 @@ def run_demo(settings: DemoSettings) -> dict:
     stage = _Stage(settings, 1, "data (drawings, questions, held-out TSVs)", settings.images, "img")
     summary = write_training_data(data, settings.seed, settings.images, settings.stage1_samples,
                                   languages=settings.languages, mc_ratio=settings.mc_ratio,
+                                  caption_ratio=settings.caption_ratio,
                                   questions_per_image=settings.questions_per_image,
                                   image_size=settings.model.image_size, on_image=stage.update)
     tsvs = write_test_tsvs(data / "test", settings.seed, settings.test_per_kind, languages=settings.languages,
