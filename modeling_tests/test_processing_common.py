@@ -8,29 +8,16 @@ pad-to-square). The suite's Hub fixture images are replaced by one local image (
 
 from __future__ import annotations
 
-import os
 import sys
 import unittest
 from pathlib import Path
 
-import pytest
 import transformers
 
-from transformers_parrot._compat import IS_TRANSFORMERS_4  # noqa: E402
-
-if IS_TRANSFORMERS_4:
-    pytest.skip("the common suite is run on transformers 5.x", allow_module_level=True)
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fetch_transformers_tests import fetch  # noqa: E402
+from fetch_transformers_tests import use_suite_or_skip  # noqa: E402
 
-try:  # cached under .hf_tests/ after the first run; needs PyPI once
-    SUITE = fetch(Path(__file__).resolve().parents[1] / ".hf_tests")
-except Exception as error:  # offline and never fetched
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"transformers common tests unavailable (sdist not fetched: {error})", allow_module_level=True)
-sys.path.insert(0, str(SUITE))
+use_suite_or_skip()
 
 from hf_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402
 

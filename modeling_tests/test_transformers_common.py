@@ -6,30 +6,17 @@ first use and cached in `.hf_tests/`); offline and never fetched, this module is
 
 from __future__ import annotations
 
-import os
 import sys
 import unittest
 import unittest.mock
 from pathlib import Path
 
-import pytest
 import torch
 
-from transformers_parrot._compat import IS_TRANSFORMERS_4  # noqa: E402
-
-if IS_TRANSFORMERS_4:
-    pytest.skip("the common suite is run on transformers 5.x", allow_module_level=True)
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fetch_transformers_tests import fetch  # noqa: E402
+from fetch_transformers_tests import use_suite_or_skip  # noqa: E402
 
-try:  # cached under .hf_tests/ after the first run; needs PyPI once
-    SUITE = fetch(Path(__file__).resolve().parents[1] / ".hf_tests")
-except Exception as error:  # offline and never fetched
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(f"transformers common tests unavailable (sdist not fetched: {error})", allow_module_level=True)
-sys.path.insert(0, str(SUITE))
+use_suite_or_skip()
 
 from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
 from hf_tests import test_modeling_common as common  # noqa: E402

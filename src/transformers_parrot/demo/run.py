@@ -56,7 +56,7 @@ class DemoSettings:
     seed: int = 0
     languages: tuple = LANGUAGES
     stage1_steps: int = 300
-    stage2_steps: int = 800
+    stage2_steps: int = 1000
     batch_size: int = 32
     stage1_lr: float = 1e-3
     stage2_lr: float = 1e-3
