@@ -57,6 +57,7 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotDPOConfig, mod
         processing_class=processor,
         peft_config=peft_config,
         multimodal_lr=script_args.multimodal_lr,
+        router_lr=script_args.router_lr,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -220,7 +220,8 @@ def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     before = _load_state(workdir)
     argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
             str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir",
-            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "1e-3", "--multimodal_lr", "5e-3", *COMMON]
+            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "1e-3", "--multimodal_lr", "5e-3",
+            "--router_lr", "2e-2", *COMMON]
     trainer, probe = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
@@ -228,7 +229,9 @@ def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     _assert_frozen_and_trained(before, after, ("model.vision_tower.",),
                                ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head."))
     lrs = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
-    assert lrs == [1e-3, 5e-3]
+    assert lrs == [1e-3, 5e-3, 2e-2]
+    router = [group["params"] for group in trainer.optimizer.param_groups if group["initial_lr"] == 2e-2]
+    assert [p for params in router for p in params] == [trainer.model.model.moe.gate.weight]
     assert probe.pairs and probe.max_abs_diff() < 1e-5
 
 

@@ -60,6 +60,8 @@ class DemoSettings:
     batch_size: int = 32
     stage1_lr: float = 1e-3
     stage2_lr: float = 1e-3
+    router_lr: float = 0.2      # stage 2, the MoE's router alone: its input (an average of word embeddings) has norm
+                                # ~0.06 here, so at 1e-3 its logits move by ~0.03 in 1000 steps and routing stays uniform
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     images: int = 16000          # training images (each gets `questions_per_image` stage-2 samples)
@@ -178,6 +180,7 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
         stage=stage, datasets=[str(data / f"stage{stage}.json")], image_folders=[str(data / "images")],
         check_images=False,  # the demo just wrote them
         train_vision=True, train_llm=True,  # nothing is pretrained here: the tower and the LLM learn too
+        router_lr=settings.router_lr if stage == 2 else None,
     )
     model_args = ModelConfig(model_name_or_path=str(model_dir)) if model_dir is not None else None
     trainer = train_sft(script_args, _sft_config(settings, stage, output_dir), model_args, model=model,
@@ -237,7 +240,8 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
         f"position in {', '.join(settings.languages)}, answers in the question's language.\n\n"
         f"- stage 1 (vision tower + projector + LLM, MoE bypassed): {settings.stage1_steps} steps, "
         f"LR {settings.stage1_lr}, English descriptions\n"
-        f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr}; "
+        f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr} "
+        f"(the MoE's router {settings.router_lr}); "
         f"{int(settings.caption_ratio * 100)}% descriptions in the sample's language, the rest questions: "
         f"{int(settings.mc_ratio * 100)}% of them Parrot multiple-choice prompts (answered with the option text), "
         "the others short free-form answers\n"
@@ -440,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})")
     add_flag(p, "batch_size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"stage-2 learning rate (default {d.stage2_lr})")
+    add_flag(p, "router_lr", type=float, default=None,
+             help=f"stage-2 learning rate of the MoE's router (default {d.router_lr})")
     p.add_argument("--threads", type=int, default=None,
                    help=f"torch CPU threads (default {d.threads}; 0: torch's choice)")
     p.add_argument("--quick", action="store_true",
@@ -479,7 +485,7 @@ def settings_from_args(args) -> DemoSettings:
     base.languages = parse_languages(args.languages)
     for arg, name in (("steps", "stage2_steps"), ("stage1_steps", "stage1_steps"), ("samples", "images"),
                       ("test_per_kind", "test_per_kind"), ("batch_size", "batch_size"), ("lr", "stage2_lr"),
-                      ("threads", "threads")):
+                      ("router_lr", "router_lr"), ("threads", "threads")):
         value = getattr(args, arg)
         if value is not None:
             setattr(base, name, value)

@@ -39,6 +39,9 @@ class ParrotScriptArguments:
     check_images: bool = field(default=True, metadata={"help": "Open every image while loading the data."})
     multimodal_lr: float | None = field(default=None, metadata={
         "help": "Separate learning rate for projector + MoE (default: --learning_rate)."})
+    router_lr: float | None = field(default=None, metadata={
+        "help": "Separate learning rate for the MoE's router, `moe.gate` (default: the one of projector + MoE). Its "
+                "input is an average of word embeddings, small in an LLM trained from scratch: parrot-demo uses 0.2."})
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (not in the paper)."})
     train_llm: bool = field(default=False, metadata={
         "help": "Stage 1: also train the LLM (for an LLM that is not pretrained, as in parrot-demo; not in the paper)."})

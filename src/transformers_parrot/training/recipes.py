@@ -94,35 +94,38 @@ def multimodal_parameter_names(model) -> set[str]:
 
 
 def build_param_groups(model, learning_rate: float, weight_decay: float, multimodal_lr: float | None,
-                       no_decay: Iterable[str] | None = None) -> list[dict]:
-    """Optimizer groups: (projector + MoE, rest) × (decay, no decay); projector + MoE get `multimodal_lr`."""
+                       no_decay: Iterable[str] | None = None, router_lr: float | None = None) -> list[dict]:
+    """Optimizer groups: (router, rest of projector + MoE, rest) × (decay, no decay); projector + MoE get
+    `multimodal_lr`, the MoE's router (`moe.gate`) `router_lr` (default: the one of projector + MoE)."""
     mm_names = multimodal_parameter_names(model)
     no_decay = set(no_decay or ())
-    groups: dict[tuple[bool, bool], list] = {}
+    groups: dict[tuple[int, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        key = (name in mm_names, name not in no_decay)
-        groups.setdefault(key, []).append(parameter)
+        part = (2 if ".gate." in f".{name}" else 1) if name in mm_names else 0  # 0 rest, 1 multimodal, 2 router
+        groups.setdefault((part, name not in no_decay), []).append(parameter)
+    part_lr = {1: multimodal_lr, 2: router_lr if router_lr is not None else multimodal_lr}
     out = []
-    for (is_mm, decay), params in sorted(groups.items()):
+    for (part, decay), params in sorted(groups.items()):
         group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
-        if is_mm and multimodal_lr is not None:
-            group["lr"] = multimodal_lr
+        if part_lr.get(part) is not None:
+            group["lr"] = part_lr[part]
         out.append(group)
     return out
 
 
 class ParrotTrainerMixin:
     """What Parrot's trainers add to TRL's:
-    - a separate learning rate for projector + MoE (`multimodal_lr`), as the original's projector learning rate
-      (the LR scheduler scales every group by the same factor);
+    - a separate learning rate for projector + MoE (`multimodal_lr`), as the original's projector learning rate,
+      and one for the MoE's router (`router_lr`) (the LR scheduler scales every group by the same factor);
     - the model's config saved next to LoRA adapters (in the output folder and every checkpoint): the recipe changed
       it (`STAGE_CONFIG`), so the base checkpoint's config no longer describes the trained model, and
       `builder.merge_adapter_checkpoint` reads it from there.
     """
 
     multimodal_lr: float | None = None
+    router_lr: float | None = None
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         from peft import PeftModel
@@ -132,7 +135,7 @@ class ParrotTrainerMixin:
             _parrot(self.model).config.save_pretrained(output_dir or self.args.output_dir)
 
     def create_optimizer(self, model=None):
-        if self.multimodal_lr is None or self.optimizer is not None:
+        if (self.multimodal_lr is None and self.router_lr is None) or self.optimizer is not None:
             return super().create_optimizer(*([model] if model is not None else []))
         from transformers import Trainer
 
@@ -140,7 +143,7 @@ class ParrotTrainerMixin:
         decay = set(self.get_decay_parameter_names(model))
         no_decay = {name for name, _ in model.named_parameters() if name not in decay}
         groups = build_param_groups(model, self.args.learning_rate, self.args.weight_decay, self.multimodal_lr,
-                                    no_decay=no_decay)
+                                    no_decay=no_decay, router_lr=self.router_lr)
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
@@ -152,15 +155,15 @@ def _trainer_classes():
     class ParrotSFTTrainer(ParrotTrainerMixin, SFTTrainer):
         """`trl.SFTTrainer` + `ParrotTrainerMixin`."""
 
-        def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
-            self.multimodal_lr = multimodal_lr
+        def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
+            self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
             super().__init__(*args, **kwargs)
 
     class ParrotDPOTrainer(ParrotTrainerMixin, DPOTrainer):
         """`trl.DPOTrainer` + `ParrotTrainerMixin`."""
 
-        def __init__(self, *args, multimodal_lr: float | None = None, **kwargs):
-            self.multimodal_lr = multimodal_lr
+        def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
+            self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
             super().__init__(*args, **kwargs)
 
     return ParrotSFTTrainer, ParrotDPOTrainer

@@ -161,7 +161,8 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
     training_args.remove_unused_columns = False
     trainer = ParrotSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                processing_class=processor, peft_config=peft_config,
-                               multimodal_lr=script_args.multimodal_lr)
+                               multimodal_lr=script_args.multimodal_lr,
+                               router_lr=script_args.router_lr)
     if before_train is not None:
         before_train(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
