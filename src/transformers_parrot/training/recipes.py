@@ -19,6 +19,7 @@ STAGE_CONFIG: dict[int, dict[str, Any]] = {1: {"use_moe": False}, 2: {"use_moe":
 # the LLM's linear layers: LoRA targets when the user names none (a regex, so the vision tower is never targeted)
 LLM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 MULTIMODAL_MODULES = ("multi_modal_projector", "moe")
+ROUTER_MODULE = "gate"  # the MoE's router (`ParrotMultilingualMoE.gate`): its own learning rate with `router_lr`
 
 
 def bf16_available() -> bool:
@@ -103,7 +104,7 @@ def build_param_groups(model, learning_rate: float, weight_decay: float, multimo
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        part = (2 if ".gate." in f".{name}" else 1) if name in mm_names else 0  # 0 rest, 1 multimodal, 2 router
+        part = (2 if f".{ROUTER_MODULE}." in f".{name}" else 1) if name in mm_names else 0  # rest, multimodal, router
         groups.setdefault((part, name not in no_decay), []).append(parameter)
     part_lr = {1: multimodal_lr, 2: router_lr if router_lr is not None else multimodal_lr}
     out = []
