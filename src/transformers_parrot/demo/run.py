@@ -275,7 +275,7 @@ def summary_table(accuracy: dict, by_kind: dict, routing: dict, timings: dict) -
     summary = routing_summary(routing)
     lines += ["", f"mean MoE routing weight per expert (uniform = {summary['uniform_weight']:.3f}):",
               format_routing(torch.tensor([routing[lang] for lang in routing]), list(routing)),
-              f"distance from uniform (total variation): "
+              "distance from uniform (total variation): "
               + ", ".join(f"{lang} {d:.3f}" for lang, d in summary["tv_from_uniform"].items())
               + f"; between languages (mean pairwise): {summary['mean_pairwise_tv_between_languages']:.3f}",
               "", "time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
