@@ -19,25 +19,25 @@ import tempfile
 from pathlib import Path
 
 
-def evaluate_with_routing(folder: Path, weights: list[float] | None, work: Path) -> dict[str, float]:
+def evaluate_with_routing(model, processor, tsvs: dict[str, Path], weights: list[float] | None,
+                          work: Path) -> dict[str, float]:
     """Held-out accuracy per language with every image routed by `weights` (None: the model's own router)."""
     import torch
 
-    from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor
-    from transformers_parrot.demo.data import LANGUAGES
     from transformers_parrot.evaluation import FILE_CODES, evaluate
 
-    model = ParrotForConditionalGeneration.from_pretrained(folder / "model").eval()
-    processor = ParrotProcessor.from_pretrained(folder / "model")
-    model.generation_config.do_sample = False
+    handle = None
     if weights is not None:
         fixed = torch.tensor(weights).log()  # softmax(log w) = w
-        model.model.moe.gate.register_forward_hook(lambda module, args, logits: fixed.to(logits).expand_as(logits))
-    tsvs = {lang: folder / "data" / "test" / f"parrot_demo_{FILE_CODES.get(lang, lang)}.tsv" for lang in LANGUAGES}
-    tsvs = {lang: path for lang, path in tsvs.items() if path.exists()}
-    scores = evaluate(model, processor, benchmark=[str(p) for p in tsvs.values()], output_dir=work,
-                      batch_size=64, max_new_tokens=8, model_name="ablation", download=False, progress=False,
-                      overwrite=True)["parrot_demo"]
+        handle = model.model.moe.gate.register_forward_hook(
+            lambda module, args, logits: fixed.to(logits).expand_as(logits))
+    try:
+        scores = evaluate(model, processor, benchmark=[str(p) for p in tsvs.values()], output_dir=work,
+                          batch_size=64, max_new_tokens=8, model_name="ablation", download=False, progress=False,
+                          overwrite=True)["parrot_demo"]
+    finally:
+        if handle is not None:
+            handle.remove()
     return {lang: float((scores.get(lang) or scores[FILE_CODES[lang]])["overall"]) for lang in tsvs}
 
 
@@ -46,15 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="parrot-demo output folders")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor
+    from transformers_parrot.demo.data import LANGUAGES
+    from transformers_parrot.evaluation import FILE_CODES
+
     out = {"command": " ".join(["python", "benchmarks/bench_routing_ablation.py", *(argv or sys.argv[1:])]),
            "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.folders:
             routing = json.loads((folder / "results.json").read_text(encoding="utf-8"))["routing_mean_weight"]
             experts = len(next(iter(routing.values())))
+            model = ParrotForConditionalGeneration.from_pretrained(folder / "model").eval()  # loaded once per folder
+            processor = ParrotProcessor.from_pretrained(folder / "model")
+            model.generation_config.do_sample = False
+            tsvs = {lang: folder / "data" / "test" / f"parrot_demo_{FILE_CODES.get(lang, lang)}.tsv"
+                    for lang in LANGUAGES}
+            tsvs = {lang: path for lang, path in tsvs.items() if path.exists()}
             variants = {"own router": None, "uniform": [1.0 / experts] * experts,
                         **{f"as {lang}": weights for lang, weights in routing.items()}}
-            accuracy = {name: evaluate_with_routing(folder, weights, Path(tmp) / "eval")
+            accuracy = {name: evaluate_with_routing(model, processor, tsvs, weights, Path(tmp) / "eval")
                         for name, weights in variants.items()}
             own = accuracy["own router"]
             drop = {name: max(0.0, *(own[lang] - acc[lang] for lang in own)) for name, acc in accuracy.items()}
