@@ -21,6 +21,7 @@ from transformers_parrot.training import (
     ParrotSFTConfig,
     ParrotSFTTrainer,
     check_max_length,
+    check_text_only_samples,
     load_model_and_processor,
     load_training_data,
     prepare_stage,
@@ -49,6 +50,7 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     # answers; it must never cut an image's tokens
     ################
     check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
+    check_text_only_samples(model, train_dataset)  # a frozen LLM: text-only samples would train nothing
 
     ################
     # Training

@@ -235,6 +235,43 @@ def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     assert probe.pairs and probe.max_abs_diff() < 1e-5
 
 
+def test_stage2_frozen_llm_trains_vision_projector_and_moe(workdir, tmp_path):
+    """`--train_llm False --train_vision True` in stage 2 (parrot-demo's stage 2): the LLM, embeddings and LM head
+    stay exactly as loaded, so only the vision tower, projector and MoE can adapt the visual tokens."""
+    before = _load_state(workdir)
+    argv = ["--stage", "2", "--train_llm", "False", "--train_vision", "True", "--model_name_or_path",
+            str(workdir / "parrot"), "--datasets", str(workdir / "visual.json"), "--image_folders",
+            str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "3",
+            "--learning_rate", "1e-3", *COMMON]
+    trainer = run_example("train_sft", argv)
+    assert trainer.model.config.use_moe is True
+    _assert_frozen_and_trained(before, _state(trainer.model), ("model.language_model.", "lm_head."),
+                               ("model.vision_tower.", "model.multi_modal_projector.", "model.moe."))
+
+
+@pytest.mark.parametrize("stage_args", [["--stage", "1"], ["--stage", "2", "--train_llm", "False"]])
+def test_frozen_llm_refuses_text_only_samples(workdir, tmp_path, stage_args):
+    """With the LLM frozen a text-only sample trains nothing (and a batch of them is an autograd error mid-run):
+    refused before training, with the count."""
+    n_text = sum(1 for s in json.loads((workdir / "mixed.json").read_text()) if not s.get("image"))
+    n_all = len(json.loads((workdir / "mixed.json").read_text()))
+    assert 0 < n_text < n_all
+    argv = [*stage_args, "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "mixed.json"),
+            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+            *COMMON]
+    with pytest.raises(ValueError, match=f"{n_text} of {n_all} training samples have no image, but the LLM is "
+                                         r"frozen .* --train_llm True"):
+        run_example("train_sft", argv)
+
+
+def test_frozen_llm_with_lora_is_refused(workdir, tmp_path):
+    argv = ["--stage", "2", "--train_llm", "False", "--use_peft", "--model_name_or_path", str(workdir / "parrot"),
+            "--datasets", str(workdir / "visual.json"), "--image_folders", str(workdir / "images"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1", *COMMON]
+    with pytest.raises(ValueError, match="--use_peft adapts the LLM with LoRA and --train_llm False freezes it"):
+        run_example("train_sft", argv)
+
+
 def test_stage2_lora_merge(workdir, tmp_path, caplog):
     before = _load_state(workdir)
     argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",

@@ -22,6 +22,7 @@ from .recipes import (
     RouterProbe,
     build_param_groups,
     check_max_length,
+    check_text_only_samples,
     lora_config_for_parrot,
     setup_stage,
 )
@@ -47,7 +48,7 @@ __all__ = [
     "build_parrot_from_pretrained", "merge_lora", "save_merged", "merge_adapter_checkpoint",
     "DataReport", "ParrotDataError", "convert_llava_sample", "drop_images", "load_llava_json", "load_source",
     "mix_datasets", "normalize_conversational",
-    "STAGE_CONFIG", "STAGE_LEARNING_RATE", "RouterProbe", "build_param_groups", "check_max_length",
+    "STAGE_CONFIG", "STAGE_LEARNING_RATE", "RouterProbe", "build_param_groups", "check_max_length", "check_text_only_samples",
     "lora_config_for_parrot", "setup_stage", "ParrotSFTTrainer", "ParrotDPOTrainer", "ParrotScriptArguments",
     "ParrotSFTConfig", "ParrotDPOConfig", "load_model_and_processor", "prepare_stage", "mlan_sources",
     "load_training_data", "load_preference_data", "save_trained", "train_sft",

@@ -43,8 +43,10 @@ class ParrotScriptArguments:
         "help": "Separate learning rate for the MoE's router, `moe.gate` (default: the one of projector + MoE). Its "
                 "input is an average of word embeddings, small in an LLM trained from scratch: parrot-demo uses 0.2."})
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (not in the paper)."})
-    train_llm: bool = field(default=False, metadata={
-        "help": "Stage 1: also train the LLM (for an LLM that is not pretrained, as in parrot-demo; not in the paper)."})
+    train_llm: bool | None = field(default=None, metadata={"nargs": "?", "const": True,  # a bare --train_llm: True
+        "help": "Train the LLM (default: the paper's, frozen in stage 1 and trained in stage 2). Not in the paper: "
+                "True in stage 1 for an LLM that is not pretrained, False in stage 2 to keep it frozen so that only "
+                "projector + MoE (and the vision tower with --train_vision) adapt; parrot-demo does both."})
     max_images_per_sample: int = field(default=1, metadata={
         "help": "Most images in one sample: --max_length must hold them all (image tokens are never truncated)."})
     merge_lora: bool = field(default=True, metadata={

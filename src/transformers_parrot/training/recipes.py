@@ -36,20 +36,21 @@ def _parrot(model) -> nn.Module:
     raise TypeError(f"no ParrotForConditionalGeneration in {type(model).__name__}")
 
 
-def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool = False) -> dict[str, int]:
+def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool | None = None) -> dict[str, int]:
     """Set `requires_grad` for a full-parameter stage and apply the stage's config (`STAGE_CONFIG`); returns
     parameter counts.
 
-    stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed); `train_llm` also trains the LLM
-    (for an LLM that is not pretrained, as in `parrot-demo`).
+    stage 1: only the projector trains, `use_moe=False` (the MoE is bypassed).
     stage 2: projector, MoE and LLM (embeddings and LM head included) train, `use_moe=True`.
+    `train_llm` overrides the stage's choice for the LLM (None: the paper's): True in stage 1 for an LLM that is not
+    pretrained, False in stage 2 to keep it frozen (both in `parrot-demo`).
     The vision tower stays frozen in both stages unless `train_vision`.
     """
     parrot = _parrot(model)
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     trainable = ("model.multi_modal_projector.",)
-    if stage == 2 or train_llm:
+    if (stage == 2) if train_llm is None else train_llm:
         trainable += ("model.language_model.", "lm_head.")
     if stage == 2:
         trainable += ("model.moe.",)
@@ -194,6 +195,27 @@ def check_max_length(max_length: int | None, image_seq_length: int, max_images: 
         )
 
 
+def check_text_only_samples(model, dataset) -> None:
+    """Refuse text-only samples when the LLM is frozen (stage 1, or stage 2 with `train_llm=False`): only the LLM
+    sees them, so they would train nothing, and a batch of them stops the run with an autograd error. Streamed
+    data is not counted (it is only read while training)."""
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "images" not in dataset.column_names:
+        return
+    if any(p.requires_grad and ("language_model." in n or "lm_head." in n) for n, p in model.named_parameters()):
+        return
+    import pyarrow.compute as pc
+
+    images = dataset.select_columns(["images"]).with_format("arrow")[:]["images"]  # lists of paths, not decoded
+    text_only = len(images) - (pc.sum(pc.greater(pc.fill_null(pc.list_value_length(images), 0), 0)).as_py() or 0)
+    if text_only:
+        raise ValueError(
+            f"{text_only} of {len(dataset)} training samples have no image, but the LLM is frozen (stage 1, or "
+            "--train_llm False): they would train nothing. Leave them out, or pass --train_llm True."
+        )
+
+
 # ---------------------------------------------------------------------------------------------- router probe
 class RouterProbe:
     """Checks, inside any trainer, that the router weights the model used for each training sample equal the ones
@@ -274,5 +296,6 @@ class RouterProbe:
 __all__ = [
     "STAGE_LEARNING_RATE", "STAGE_CONFIG", "LLM_LORA_TARGETS", "bf16_available", "setup_stage",
     "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotTrainerMixin",
-    "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "RouterProbe",
+    "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "check_text_only_samples",
+    "RouterProbe",
 ]

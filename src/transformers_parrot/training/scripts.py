@@ -38,7 +38,7 @@ def load_model_and_processor(script_args: ParrotScriptArguments, model_args):
 
 
 def prepare_stage(model, stage: int, training_args, model_args, train_vision: bool = False,
-                  train_llm: bool = False):
+                  train_llm: bool | None = None):
     """Set `model` up for `stage` (`recipes.setup_stage`: trainable parameters, `use_moe`) and return the LoRA
     config with `model_args.use_peft` (stage 2 only; the vision tower then stays frozen), else None. A
     `training_args.learning_rate` of None becomes the stage's rate in the paper (`STAGE_LEARNING_RATE`)."""
@@ -47,6 +47,8 @@ def prepare_stage(model, stage: int, training_args, model_args, train_vision: bo
     if model_args.use_peft:
         if stage == 1:
             raise ValueError("stage 1 trains only the projector; --use_peft is for stage 2")
+        if train_llm is False:
+            raise ValueError("--use_peft adapts the LLM with LoRA and --train_llm False freezes it: give one of them")
         setup_stage(model, stage)
         return lora_config_for_parrot(model_args)
     counts = setup_stage(model, stage, train_vision=train_vision, train_llm=train_llm)
@@ -144,7 +146,7 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
     training and saving to `training_args.output_dir`."""
     from trl import ModelConfig
 
-    from .recipes import ParrotSFTTrainer, check_max_length
+    from .recipes import ParrotSFTTrainer, check_max_length, check_text_only_samples
 
     model_args = model_args or ModelConfig()
     stage = 2 if mlan else script_args.stage
@@ -157,6 +159,7 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
     sources, ratios = mlan_sources(script_args) if mlan else (script_args.datasets, script_args.dataset_ratios)
     train_dataset, report = load_training_data(script_args, sources, ratios, seed=training_args.seed)
     check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
+    check_text_only_samples(model, train_dataset)
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
     trainer = ParrotSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
