@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -224,3 +223,45 @@ def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path
     scene = Scene("star", "red", 2, None, 0)
     assert caption(scene) == "Two red stars." and caption(scene, "zh") == "两个, 红色, 星形"
     assert caption(Scene("circle", "blue", 1, "left", 0), "ru") == "один, синий, круг, слева"
+
+
+def test_english_pictures_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
+    """`--english_pictures`: every stage-1 picture comes with an English description and an English question; the
+    text-only samples write the scene in one language's words and ask in that language; stage 2 is as by default."""
+    summary = write_training_data(tmp_path, seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
+                                  stage1_text_ratio=1.0)
+    stage1 = json.loads((tmp_path / "stage1.json").read_text(encoding="utf-8"))
+    pictures = [row for row in stage1 if "image" in row]
+    text = [row for row in stage1 if "image" not in row]
+    assert len(pictures) == 80 and len(text) == 40 == summary["stage1_text_only"]
+    assert len({row["image"] for row in pictures}) == 40
+    for row in pictures:  # English only: the prompt is ASCII and names no other language's words
+        prompt, answer = (turn["value"] for turn in row["conversations"])
+        assert prompt.startswith("<image>\n") and prompt.isascii() and answer.isascii()
+    seen = set()
+    for row in text:
+        prompt, answer = (turn["value"] for turn in row["conversations"])
+        assert "<image>" not in prompt
+        scene_words = prompt.split("\n")[0]
+        language = next(lang for lang in LANGUAGES
+                        if lang != "en" and all(w in WORDS[lang].values() for w in scene_words.split(", "))
+                        or lang == "en" and scene_words.endswith("."))  # "Two red stars."
+        seen.add(language)
+        if language != "en":  # the answer is in the scene's language
+            assert all(w in WORDS[language].values() for w in answer.split(", ")), (scene_words, answer)
+    assert seen == set(LANGUAGES)
+    # the default data are what they were: no questions, no text in stage 1
+    plain = write_training_data(tmp_path / "plain", seed=4, num_images=48, stage1_samples=40)
+    assert plain["stage1_samples"] == 40 and plain["stage1_text_only"] == 0
+
+
+def test_english_pictures_settings():
+    from transformers_parrot.demo.run import ENGLISH_PICTURES, build_parser, settings_from_args
+
+    settings = settings_from_args(build_parser().parse_args(["--english_pictures", "--lr", "2e-3"]))
+    assert settings.stage1_questions and settings.stage1_text_ratio == ENGLISH_PICTURES["stage1_text_ratio"]
+    assert settings.stage2_llm_lr == 1e-4 and settings.stage2_lr == 2e-3
+    quick = settings_from_args(build_parser().parse_args(["--english_pictures", "--quick"]))
+    assert quick.smoke_test and quick.stage1_steps == 3 and quick.stage1_questions
+    default = settings_from_args(build_parser().parse_args([]))
+    assert default.stage2_llm_lr is None and not default.stage1_questions and default.stage1_text_ratio == 0

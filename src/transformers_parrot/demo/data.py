@@ -190,17 +190,40 @@ def _png(image: Image.Image, path: Path) -> None:
     image.save(path, format="PNG", optimize=False, compress_level=1)
 
 
+def instruction(rng: random.Random, scene: Scene, kind: str, language: str, caption_ratio: float,
+                mc_ratio: float) -> tuple[str, str, str, str]:
+    """(prompt, answer, style, kind asked) about `scene` in `language`: a description with probability
+    `caption_ratio`, else a question about `kind`: Parrot's multiple-choice prompt with probability `mc_ratio`
+    (exactly the evaluation prompt, options shuffled, answered with the right option's text: parrot-eval scores an
+    answer that names exactly one option's text as that option, VLMEvalKit's rule), else a short free-form one."""
+    if rng.random() < caption_ratio:
+        return CAPTION_PROMPTS[language], caption(scene, language), "caption", "all"
+    if rng.random() < mc_ratio:
+        question, options, letter = mc_item(rng, scene, kind, language)
+        return build_prompt(question, options, language), options[letter], "mc", kind
+    return QUESTIONS[language][kind], word(language, scene.value(kind)), "free", kind
+
+
+def _sample(sample_id: str, image: str | None, prompt: str, answer: str, **extra) -> dict:
+    human = f"<image>\n{prompt}" if image else prompt
+    return {"id": sample_id, **({"image": image} if image else {}), **extra,
+            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
+
+
 def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_samples: int,
                         languages=LANGUAGES, mc_ratio: float = 0.75, caption_ratio: float = 0.3,
-                        questions_per_image: int = 2, image_size: int = IMAGE_SIZE, on_image=None) -> dict:
+                        questions_per_image: int = 2, stage1_questions: bool = False, stage1_text_ratio: float = 0.0,
+                        image_size: int = IMAGE_SIZE, on_image=None) -> dict:
     """Write `num_images` PNGs and two LLaVA JSON files:
 
-    - ``stage1.json``: English descriptions of the first `stage1_samples` images (alignment data);
-    - ``stage2.json``: `questions_per_image` samples per image in random languages of `languages`: a share
-      `caption_ratio` are descriptions in the sample's language, the rest questions about the image's kind (image i
-      is drawn for kind ``KINDS[i % 4]``, so the four kinds are equally frequent, as in the held-out sets); a share
-      `mc_ratio` of the questions are Parrot's multiple-choice prompt (exactly the evaluation prompt, options
-      shuffled) answered with the right option's text, the rest short free-form answers in the question's language.
+    - ``stage1.json``, the English-centric alignment: an English description of each of the first `stage1_samples`
+      images and, with `stage1_questions`, an English question about it; plus `stage1_text_ratio × stage1_samples`
+      text-only samples (MLAN's language-only data): a scene written in words in one of `languages`, then a
+      description request or question in that language, answered in it (with both, the LLM learns every language
+      from text and the pictures in English only: `parrot-demo --english_pictures`);
+    - ``stage2.json``: `questions_per_image` samples per image in random languages of `languages` (`instruction`:
+      descriptions, multiple-choice and free-form questions about the image's kind; image i is drawn for kind
+      ``KINDS[i % 4]``, so the four kinds are equally frequent, as in the held-out sets).
 
     `on_image()` is called after each image (progress). Returns a summary (counts per language and kind)."""
     folder = Path(folder)
@@ -215,32 +238,31 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
         name = f"{i:06d}.png"
         _png(render(scene, image_size), images / name)
         if i < stage1_samples:
-            stage1.append({"id": f"cap{i}", "image": name, "conversations": [
-                {"from": "human", "value": f"<image>\n{CAPTION_PROMPTS['en']}"},
-                {"from": "gpt", "value": caption(scene)}]})
+            stage1.append(_sample(f"cap{i}", name, CAPTION_PROMPTS["en"], caption(scene)))
+            if stage1_questions:
+                prompt, answer, _, _ = instruction(rng, scene, kind, "en", 0.0, mc_ratio)
+                stage1.append(_sample(f"en{i}", name, prompt, answer))
         for j in range(questions_per_image):
             language = rng.choice(tuple(languages))
-            if rng.random() < caption_ratio:
-                prompt, answer, style, asked = CAPTION_PROMPTS[language], caption(scene, language), "caption", "all"
-            elif rng.random() < mc_ratio:
-                # Parrot's multiple-choice prompt, answered with the right option's text (parrot-eval scores an
-                # answer that names exactly one option's text as that option: VLMEvalKit's rule)
-                question, options, letter = mc_item(rng, scene, kind, language)
-                prompt, answer, style, asked = build_prompt(question, options, language), options[letter], "mc", kind
-            else:
-                prompt, answer, style = QUESTIONS[language][kind], word(language, scene.value(kind)), "free"
-                asked = kind
-            stage2.append({"id": f"q{i}-{j}", "image": name, "language": language, "kind": asked, "style": style,
-                           "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
-                                             {"from": "gpt", "value": answer}]})
+            prompt, answer, style, asked = instruction(rng, scene, kind, language, caption_ratio, mc_ratio)
+            stage2.append(_sample(f"q{i}-{j}", name, prompt, answer, language=language, kind=asked, style=style))
             key = f"{language}/{asked}/{style}"
             counts[key] = counts.get(key, 0) + 1
         if on_image is not None:
             on_image()
+    text_rng = random.Random(f"parrot-demo-text-{seed}")
+    for i in range(round(stage1_text_ratio * stage1_samples)):
+        kind, language = KINDS[i % len(KINDS)], text_rng.choice(tuple(languages))
+        scene = random_scene(text_rng, kind)
+        prompt, answer, _, _ = instruction(text_rng, scene, kind, language, caption_ratio, mc_ratio)
+        stage1.append(_sample(f"text{i}", None, f"{caption(scene, language)}\n{prompt}", answer))
+    if len(stage1) > min(stage1_samples, num_images):
+        text_rng.shuffle(stage1)  # (the descriptions alone stay in order: the default data are unchanged)
     rng.shuffle(stage2)
     (folder / "stage1.json").write_text(json.dumps(stage1, ensure_ascii=False), encoding="utf-8")
     (folder / "stage2.json").write_text(json.dumps(stage2, ensure_ascii=False), encoding="utf-8")
     return {"images": num_images, "stage1_samples": len(stage1), "stage2_samples": len(stage2),
+            "stage1_text_only": sum(1 for row in stage1 if "image" not in row),
             "stage2_by_language_kind_style": dict(sorted(counts.items()))}
 
 

@@ -5,8 +5,8 @@ Stages (all under `--output`, default ``parrot-demo-output/``), each with its ow
 
 1. data: synthetic PIL drawings (shapes, colours, counts, positions) with questions in en zh pt ar tr ru, answers
    in the question's language; stage-1 English descriptions and stage-2 multilingual descriptions and questions as
-   LLaVA JSON, held-out multiple-choice
-   questions as MMMB-format TSVs (``data/test/parrot_demo_{en,cn,pt,ar,tr,ru}.tsv``).
+   LLaVA JSON, held-out multiple-choice questions as MMMB-format TSVs
+   (``data/test/parrot_demo_{en,cn,pt,ar,tr,ru}.tsv``).
 2. stage 1 and 3. stage 2: a small Parrot built from scratch (`demo.model`), trained with the library's recipe
    (`transformers_parrot.training.train_sft`, the function behind ``examples/train_sft.py``). Nothing here is
    pretrained, so the vision tower and the LLM train in both stages: stage 1 learns to describe the pictures in
@@ -14,6 +14,11 @@ Stages (all under `--output`, default ``parrot-demo-output/``), each with its ow
    descriptions and questions in every language. Descriptions name every attribute of a picture at once, which is
    what makes the from-scratch tower learn fast and the same way for every seed: question-only data (one attribute
    per sample, answerable at 25 % by copying an option) left it at chance for hundreds of steps.
+   `--english_pictures` makes the paper's premise necessary: stage 1 also asks English questions about the pictures
+   and teaches every language from text only (a scene written in words, then a question, all in one language:
+   MLAN's language-only data), so the visual tokens are English-biased; stage 2 trains the LLM and the tower at a
+   tenth of the projector's and MoE's rate, leaving the language-specific visual tokens to the MoE. Its answers
+   need the routing (`benchmarks/bench_routing_ablation.py`), but it is less accurate (README).
 4. evaluation: `transformers_parrot.evaluation.evaluate` on the six TSVs in one call (``eval/``), then the
    routing per language and the figures (`demo.plots`).
 
@@ -59,7 +64,8 @@ class DemoSettings:
     stage2_steps: int = 1000
     batch_size: int = 32
     stage1_lr: float = 1e-3
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 1e-3      # stage 2: projector + MoE, and the LLM + tower unless stage2_llm_lr is set
+    stage2_llm_lr: float | None = None  # stage 2: the LLM and the vision tower (--english_pictures: 1e-4)
     router_lr: float = 0.2      # stage 2, the MoE's router alone: its input (an average of word embeddings) has norm
                                 # ~0.06 here, so at 1e-3 its logits spread by ~0.01 after 1000 steps: uniform routing
     warmup_ratio: float = 0.05
@@ -67,6 +73,8 @@ class DemoSettings:
     images: int = 16000          # training images (each gets `questions_per_image` stage-2 samples)
     questions_per_image: int = 2
     caption_ratio: float = 0.3  # share of stage-2 samples that are descriptions in the sample's language
+    stage1_questions: bool = False  # stage 1: an English question about each image besides its description
+    stage1_text_ratio: float = 0.0  # stage 1: text-only samples in every language per image (MLAN's language data)
     mc_ratio: float = 0.75      # share of stage-2 questions in Parrot's multiple-choice format
     test_per_kind: int = 25     # held-out MC questions per kind and language (4 kinds)
     eval_batch_size: int = 64
@@ -80,6 +88,12 @@ class DemoSettings:
         return min(self.images, self.stage1_steps * self.batch_size)
 
 
+# `--english_pictures`: the paper's premise made necessary. Stage 1 shows the pictures with English descriptions and
+# questions only and teaches every language from text; stage 2 slows the LLM and the tower to a tenth of the
+# projector + MoE rate, so the MoE must turn the English-biased visual tokens into language-specific ones. Seed 0:
+# the answers need the routing (another language's routing costs up to 38 points) but reach only 64-87 % (README).
+ENGLISH_PICTURES = dict(stage1_steps=500, stage1_questions=True, stage1_text_ratio=1.0, stage2_lr=3e-3,
+                        stage2_llm_lr=1e-4)
 QUICK = dict(stage1_steps=3, stage2_steps=12, batch_size=8, images=60, test_per_kind=2, eval_batch_size=48,
              smoke_test=True)
 
@@ -155,7 +169,7 @@ def _sft_config(settings: DemoSettings, stage: int, output_dir: Path):
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
     return ParrotSFTConfig(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.stage1_lr if stage == 1 else settings.stage2_lr,
+        learning_rate=settings.stage1_lr if stage == 1 else settings.stage2_llm_lr or settings.stage2_lr,
         warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=settings.weight_decay,
         seed=settings.seed, data_seed=settings.seed, bf16=False, use_cpu=True, dataloader_num_workers=0,
         report_to="none", save_strategy="no", logging_steps=max(1, min(10, steps // 10)), disable_tqdm=True,
@@ -180,6 +194,7 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
         stage=stage, datasets=[str(data / f"stage{stage}.json")], image_folders=[str(data / "images")],
         check_images=False,  # the demo just wrote them
         train_vision=True, train_llm=True,  # nothing is pretrained here: the tower and the LLM learn too
+        multimodal_lr=settings.stage2_lr if stage == 2 and settings.stage2_llm_lr is not None else None,
         router_lr=settings.router_lr if stage == 2 else None,
     )
     model_args = ModelConfig(model_name_or_path=str(model_dir)) if model_dir is not None else None
@@ -239,9 +254,13 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
         "answering task: PIL drawings of 1-4 identical shapes, questions about their colour, shape, count and "
         f"position in {', '.join(settings.languages)}, answers in the question's language.\n\n"
         f"- stage 1 (vision tower + projector + LLM, MoE bypassed): {settings.stage1_steps} steps, "
-        f"LR {settings.stage1_lr}, English descriptions\n"
-        f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr} "
-        f"(the MoE's router {settings.router_lr}); "
+        f"LR {settings.stage1_lr}, English descriptions"
+        + (" and questions" if settings.stage1_questions else "")
+        + (f", text-only samples in every language ({settings.stage1_text_ratio:g} per image)"
+           if settings.stage1_text_ratio else "") + "\n"
+        f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr} for projector + MoE "
+        f"(the MoE's router {settings.router_lr}), {settings.stage2_llm_lr or settings.stage2_lr} for the LLM and the "
+        "vision tower; "
         f"{int(settings.caption_ratio * 100)}% descriptions in the sample's language, the rest questions: "
         f"{int(settings.mc_ratio * 100)}% of them Parrot multiple-choice prompts (answered with the option text), "
         "the others short free-form answers\n"
@@ -329,14 +348,16 @@ def run_demo(settings: DemoSettings) -> dict:
     stage = _Stage(settings, 1, "data (drawings, questions, held-out TSVs)", settings.images, "img")
     summary = write_training_data(data, settings.seed, settings.images, settings.stage1_samples,
                                   languages=settings.languages, mc_ratio=settings.mc_ratio,
-                                  caption_ratio=settings.caption_ratio,
+                                  caption_ratio=settings.caption_ratio, stage1_questions=settings.stage1_questions,
+                                  stage1_text_ratio=settings.stage1_text_ratio,
                                   questions_per_image=settings.questions_per_image,
                                   image_size=settings.model.image_size, on_image=stage.update)
     tsvs = write_test_tsvs(data / "test", settings.seed, settings.test_per_kind, languages=settings.languages,
                            image_size=settings.model.image_size)
     test_files = dict(zip(settings.languages, tsvs))
     timings["data"] = stage.close(
-        f"{summary['images']} images, {summary['stage1_samples']} stage-1 captions, {summary['stage2_samples']} "
+        f"{summary['images']} images, {summary['stage1_samples']} stage-1 samples ({summary['stage1_text_only']} "
+        f"text-only), {summary['stage2_samples']} "
         f"stage-2 instructions; {len(tsvs)} held-out TSVs ({settings.test_per_kind * 4} questions each)")
 
     # 2. + 3. training: the library's SFT recipe, stage 1 then stage 2
@@ -443,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "test_per_kind", type=int, default=None,
                    help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})")
     add_flag(p, "batch_size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help=f"stage-2 learning rate (default {d.stage2_lr})")
+    p.add_argument("--lr", type=float, default=None, help=f"stage-2 learning rate (default {d.stage2_lr}; with "
+                   f"--english_pictures {ENGLISH_PICTURES['stage2_lr']} for projector + MoE only)")
+    add_flag(p, "english_pictures", action="store_true",
+             help="stage 1 shows the pictures in English only and teaches every language from text, stage 2 trains "
+                  "the LLM and tower at 1e-4: the answers need the MoE's routing, at lower accuracy (see README)")
     add_flag(p, "router_lr", type=float, default=None,
              help=f"stage-2 learning rate of the MoE's router (default {d.router_lr})")
     p.add_argument("--threads", type=int, default=None,
@@ -479,7 +504,7 @@ def parse_languages(text: str) -> tuple[str, ...]:
 
 
 def settings_from_args(args) -> DemoSettings:
-    base = DemoSettings(**(QUICK if args.quick else {}))
+    base = DemoSettings(**{**(ENGLISH_PICTURES if args.english_pictures else {}), **(QUICK if args.quick else {})})
     base.output = args.output
     base.seed = args.seed
     base.languages = parse_languages(args.languages)
