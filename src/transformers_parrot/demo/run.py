@@ -91,7 +91,7 @@ class DemoSettings:
 # `--english_pictures`: the paper's premise made necessary. Stage 1 shows the pictures with English descriptions and
 # questions only and teaches every language from text; stage 2 slows the LLM and the tower to a tenth of the
 # projector + MoE rate, so the MoE must turn the English-biased visual tokens into language-specific ones. Seed 0:
-# the answers need the routing (another language's routing costs up to 38 points) but reach only 64-87 % (README).
+# the answers need the routing (another language's routing costs up to 32 points) but reach only 64-90 % (README).
 ENGLISH_PICTURES = dict(stage1_steps=500, stage1_questions=True, stage1_text_ratio=1.0, stage2_lr=3e-3,
                         stage2_llm_lr=1e-4)
 QUICK = dict(stage1_steps=3, stage2_steps=12, batch_size=8, images=60, test_per_kind=2, eval_batch_size=48,
