@@ -250,6 +250,27 @@ def test_english_pictures_stage1_shows_pictures_in_english_and_languages_in_text
         if language != "en":  # the answer is in the scene's language
             assert all(w in WORDS[language].values() for w in answer.split(", ")), (scene_words, answer)
     assert seen == set(LANGUAGES)
+    # stage1_text_in_english: the same samples, the scene line written in English, question and answer unchanged
+    write_training_data(tmp_path / "en", seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
+                        stage1_text_ratio=1.0, stage1_text_in_english=True)
+    english = json.loads((tmp_path / "en" / "stage1.json").read_text(encoding="utf-8"))
+    assert [row["id"] for row in english] == [row["id"] for row in stage1]
+    for own, cross in zip(stage1, english):
+        if "image" in own:
+            assert cross == own
+            continue
+        own_scene, own_rest = own["conversations"][0]["value"].split("\n", 1)
+        scene, rest = cross["conversations"][0]["value"].split("\n", 1)
+        assert rest == own_rest and cross["conversations"][1] == own["conversations"][1]
+        assert scene.isascii() and scene.endswith(".")  # "Two red stars."
+        if own_scene.endswith("."):
+            assert scene == own_scene  # an English sample is unchanged
+        else:  # the same scene: count, colour, shape (and position) read back from the own-language words
+            language = next(lang for lang in LANGUAGES if lang != "en"
+                            and all(w in WORDS[lang].values() for w in own_scene.split(", ")))
+            value = {w: v for v, w in WORDS[language].items()}
+            count, colour, shape, *position = (value[w] for w in own_scene.split(", "))
+            assert scene == caption(Scene(shape, colour, count, position[0] if position else None, 0))
     # the default data are what they were: no questions, no text in stage 1
     plain = write_training_data(tmp_path / "plain", seed=4, num_images=48, stage1_samples=40)
     assert plain["stage1_samples"] == 40 and plain["stage1_text_only"] == 0

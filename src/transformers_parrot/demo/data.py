@@ -213,12 +213,13 @@ def _sample(sample_id: str, image: str | None, prompt: str, answer: str, **extra
 def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_samples: int,
                         languages=LANGUAGES, mc_ratio: float = 0.75, caption_ratio: float = 0.3,
                         questions_per_image: int = 2, stage1_questions: bool = False, stage1_text_ratio: float = 0.0,
-                        image_size: int = IMAGE_SIZE, on_image=None) -> dict:
+                        stage1_text_in_english: bool = False, image_size: int = IMAGE_SIZE, on_image=None) -> dict:
     """Write `num_images` PNGs and two LLaVA JSON files:
 
     - ``stage1.json``, the English-centric alignment: an English description of each of the first `stage1_samples`
       images and, with `stage1_questions`, an English question about it; plus `stage1_text_ratio × stage1_samples`
-      text-only samples (MLAN's language-only data): a scene written in words in one of `languages`, then a
+      text-only samples (MLAN's language-only data): a scene written in words in one of `languages` (in English
+      with `stage1_text_in_english`: the cross-lingual link a pretrained multilingual LLM brings), then a
       description request or question in that language, answered in it (with both, the LLM learns every language
       from text and the pictures in English only: `parrot-demo --english_pictures`);
     - ``stage2.json``: `questions_per_image` samples per image in random languages of `languages` (`instruction`:
@@ -255,7 +256,8 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
         kind, language = KINDS[i % len(KINDS)], text_rng.choice(tuple(languages))
         scene = random_scene(text_rng, kind)
         prompt, answer, _, _ = instruction(text_rng, scene, kind, language, caption_ratio, mc_ratio)
-        stage1.append(_sample(f"text{i}", None, f"{caption(scene, language)}\n{prompt}", answer))
+        scene_text = caption(scene, "en" if stage1_text_in_english else language)
+        stage1.append(_sample(f"text{i}", None, f"{scene_text}\n{prompt}", answer))
     if len(stage1) > min(stage1_samples, num_images):
         text_rng.shuffle(stage1)  # (the descriptions alone stay in order: the default data are unchanged)
     rng.shuffle(stage2)
