@@ -629,3 +629,64 @@ def test_accelerate_configs():
     fsdp = configs["fsdp2"]["fsdp_config"]
     assert fsdp["fsdp_version"] == 2
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == ParrotPreTrainedModel._no_split_modules
+
+
+def test_compact_lm_head_matches_trls_fused_head(workdir):
+    """On CPU our trainers score only the labelled positions (`training.lm_head`); every field TRL's own fused head
+    returns, the loss and the gradients must be the same, with and without `num_items_in_batch` / `shift_labels`."""
+    import copy
+
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+    from trl.trainer.utils import add_fused_lm_head
+
+    from transformers_parrot.training.lm_head import use_compact_lm_head
+
+    processor = ParrotProcessor.from_pretrained(workdir / "parrot")
+    model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot").train()
+    dataset = load_llava_json(workdir / "mixed.json", workdir / "images")
+    collator = DataCollatorForVisionLanguageModeling(processor, max_length=2048, assistant_only_loss=True)
+    batch = collator([dataset[i] for i in range(4)])  # two rows with an image, two text-only
+    fields = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    assert not use_compact_lm_head(model)  # no fused head installed: nothing to wrap
+    reference, compact = model, copy.deepcopy(model)
+    for m in (reference, compact):
+        add_fused_lm_head(m, outputs=fields)
+    assert use_compact_lm_head(compact)
+
+    shift = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], -100)], 1)
+    for extra in ({"labels": batch["labels"]}, {"labels": batch["labels"], "num_items_in_batch": 7},
+                  {"shift_labels": shift}):
+        outputs = []
+        for m in (reference, compact):
+            m.zero_grad()
+            out = m(**{k: v for k, v in batch.items() if k != "labels"}, **extra, fused_lm_head=True)
+            (out.loss + out.entropy.sum() * 0.1).backward()
+            outputs.append((out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        (ref, ref_grads), (ours, our_grads) = outputs
+        assert torch.equal(ref.label_mask, ours.label_mask) and ref.label_mask.sum() > 0
+        torch.testing.assert_close(ours.loss, ref.loss, rtol=1e-5, atol=1e-6)
+        for name in fields:
+            torch.testing.assert_close(getattr(ours, name).float(), getattr(ref, name).float(), rtol=1e-4,
+                                       atol=1e-5, msg=name)
+        assert ref_grads.keys() == our_grads.keys() and any("vision_tower" in n for n in ref_grads)
+        for name in ref_grads:
+            torch.testing.assert_close(our_grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # without fused_lm_head the model's own forward runs: logits and the transformers loss
+    plain = compact(**batch)
+    assert plain.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(plain.loss)
+
+
+@pytest.mark.parametrize("recipe", ["train_sft", "train_dpo"])
+def test_trainers_use_the_compact_lm_head_on_cpu(workdir, tmp_path, monkeypatch, recipe):
+    """On CPU no batch goes through TRL's tiled head (the policy's and DPO's reference model's)."""
+    from trl.trainer import utils as trl_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("TRL's tiled LM head ran on CPU")
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", refuse)
+    data = ["--datasets", str(workdir / ("mixed.json" if recipe == "train_sft" else "prefs.jsonl"))]
+    argv = ["--model_name_or_path", str(workdir / "parrot"), *data, "--image_folders", str(workdir / "images"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "2", *COMMON]
+    trainer, _ = _run(recipe, (["--stage", "2"] if recipe == "train_sft" else []) + argv)
+    assert all(math.isfinite(x) for x in _losses(trainer))

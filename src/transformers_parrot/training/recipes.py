@@ -123,11 +123,19 @@ class ParrotTrainerMixin:
       and one for the MoE's router (`router_lr`) (the LR scheduler scales every group by the same factor);
     - the model's config saved next to LoRA adapters (in the output folder and every checkpoint): the recipe changed
       it (`STAGE_CONFIG`), so the base checkpoint's config no longer describes the trained model, and
-      `builder.merge_adapter_checkpoint` reads it from there.
+      `builder.merge_adapter_checkpoint` reads it from there;
+    - on the CPU, TRL's fused LM head scores only the labelled positions (`lm_head.use_compact_lm_head`).
     """
 
     multimodal_lr: float | None = None
     router_lr: float | None = None
+
+    def _use_compact_lm_heads(self) -> None:
+        from .lm_head import use_compact_lm_head
+
+        for model in (self.model, getattr(self, "ref_model", None)):
+            if model is not None:
+                use_compact_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         from peft import PeftModel
@@ -160,6 +168,7 @@ def _trainer_classes():
         def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
             self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
             super().__init__(*args, **kwargs)
+            self._use_compact_lm_heads()
 
     class ParrotDPOTrainer(ParrotTrainerMixin, DPOTrainer):
         """`trl.DPOTrainer` + `ParrotTrainerMixin`."""
@@ -167,6 +176,7 @@ def _trainer_classes():
         def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
             self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
             super().__init__(*args, **kwargs)
+            self._use_compact_lm_heads()
 
     return ParrotSFTTrainer, ParrotDPOTrainer
 

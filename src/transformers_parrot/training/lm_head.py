@@ -1,0 +1,80 @@
+"""A faster LM head for TRL's trainers on CPU: score only the labelled positions, with one log-softmax.
+
+TRL's trainers patch the model with a fused LM head (`trl.trainer.utils.add_fused_lm_head`): called with
+``fused_lm_head=True`` it returns per-token log-probabilities without materialising the full logits. On CUDA it runs
+Triton kernels on the labelled positions only; elsewhere it folds every position of the batch, prompt and image
+tokens included, through a chain of torch operations. On the CPU that costs more than the rest of a small model's
+training step (`benchmarks/bench_cpu_lm_head.py`: 13x slower than a masked cross-entropy on `parrot-demo`'s
+batches). `use_compact_lm_head` wraps the patched forward so that, on a device without TRL's kernels, it projects
+only the labelled positions and returns the same `FusedCausalLMOutput` fields from one log-softmax; everything else
+(CUDA, outputs too large for one logits matrix, router losses) goes to TRL's own head.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+
+# The most labelled-positions x vocabulary logits computed at once (fp32: 256 MB); above it TRL's tiles take over.
+MAX_COMPACT_LOGITS = 64 * 2**20
+# Devices where TRL's fused head runs its Triton kernels on the labelled positions: it is left alone there.
+KERNEL_DEVICES = ("cuda", "xpu")
+
+
+def _fused_fields(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token fields of `FusedCausalLMOutput`, zero where `mask` is False.
+
+    logits (T, V) of the T labelled positions, labels (B, S) and mask (B, S) with T = mask.sum() → each field (B, S).
+    """
+    log_p = logits.float().log_softmax(-1)
+    target = labels[mask]
+    fields = {"log_probs": log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+              "entropy": -(log_p.exp() * log_p).sum(-1)}
+    with torch.no_grad():
+        z = logits.detach().float()
+        fields["log_sum_sq_probs"] = torch.logsumexp(2 * log_p.detach(), -1)
+        fields["mean_logits"] = z.mean(-1)
+        # a label tied with an earlier token is not top-1 (argmax returns the first maximum), as in TRL's kernel
+        fields["is_top1"] = z.argmax(-1) == target
+    return {name: value.new_zeros(mask.shape).masked_scatter(mask, value) for name, value in fields.items()}
+
+
+def use_compact_lm_head(model: torch.nn.Module) -> bool:
+    """Wrap the fused forward TRL installed on `model` (a `ParrotForConditionalGeneration`, or a PEFT model's base)
+    with the compact CPU path. Returns False, changing nothing, when `model` has no fused head or its text model
+    scales or caps its logits (TRL's head handles those)."""
+    trl_forward = model.__dict__.get("forward")
+    text_config = model.config.get_text_config()
+    scaled = any(getattr(text_config, name, None) is not None
+                 for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                              "logits_scaling"))
+    fused = isinstance(trl_forward, types.MethodType) and "fused_lm_head" in trl_forward.__func__.__code__.co_varnames
+    if not fused or scaled:
+        return False
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    @functools.wraps(type(model).forward)  # generate validates its keyword arguments against this signature
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
+                **kwargs):
+        lm_head = self.get_output_embeddings()
+        target = labels if shift_labels is None else shift_labels
+        compact = (fused_lm_head and target is not None and lm_head.weight.device.type not in KERNEL_DEVICES
+                   and not kwargs.get("output_router_logits")
+                   and int((target != -100).sum()) * lm_head.weight.shape[0] <= MAX_COMPACT_LOGITS)
+        if not compact:
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.model(*args, **kwargs).last_hidden_state
+        if shift_labels is None:  # position i predicts label i + 1
+            hidden, target = hidden[:, :-1], labels[:, 1:]
+        hidden, target = hidden.to(lm_head.weight.device), target.to(lm_head.weight.device)
+        mask = target != -100
+        fields = _fused_fields(lm_head(hidden[mask]), target, mask)
+        count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-fields["log_probs"].sum() / count, label_mask=mask, **fields)
+
+    model.forward = types.MethodType(forward, model)
+    return True
