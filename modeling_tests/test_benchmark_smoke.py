@@ -96,3 +96,17 @@ def test_tiny_preset_end_to_end(bench, tmp_path):
                                       "moe_matmul_efficiency", "moe_top1_time_ratio"}
     table = out_md.read_text()
     assert "| prefill, batch 1 (s) |" in table and "| target |" in table
+
+
+def test_cpu_lm_head_bench_proves_equality_then_times(tmp_path):
+    pytest.importorskip("trl")
+    spec = importlib.util.spec_from_file_location("bench_cpu_lm_head", BENCH.parent / "bench_cpu_lm_head.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "head.json"
+    assert module.main(["--rounds", "2", "--batch-size", "4", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["equality"]["same_parameters_with_gradients"]
+    assert result["equality"]["grad_relative_diff"] < 1e-4 and result["equality"]["log_probs_max_abs_diff"] < 1e-4
+    assert result["labelled_tokens_per_batch_median"] < result["tokens_per_batch"]
+    assert math.isfinite(result["step_time_ratio_trl_over_ours"])
