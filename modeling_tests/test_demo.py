@@ -225,8 +225,8 @@ def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path
     assert caption(Scene("circle", "blue", 1, "left", 0), "ru") == "один, синий, круг, слева"
 
 
-def test_english_pictures_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
-    """`--english_pictures`: every stage-1 picture comes with an English description and an English question; the
+def test_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
+    """The default recipe's stage 1: every stage-1 picture comes with an English description and an English question; the
     text-only samples write the scene in one language's words and ask in that language; stage 2 is as by default."""
     summary = write_training_data(tmp_path, seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
                                   stage1_text_ratio=1.0)
@@ -271,18 +271,24 @@ def test_english_pictures_stage1_shows_pictures_in_english_and_languages_in_text
             value = {w: v for v, w in WORDS[language].items()}
             count, colour, shape, *position = (value[w] for w in own_scene.split(", "))
             assert scene == caption(Scene(shape, colour, count, position[0] if position else None, 0))
-    # the default data are what they were: no questions, no text in stage 1
+    # `--fast_llm`'s data (the writer's defaults): no questions, no text in stage 1
     plain = write_training_data(tmp_path / "plain", seed=4, num_images=48, stage1_samples=40)
     assert plain["stage1_samples"] == 40 and plain["stage1_text_only"] == 0
 
 
-def test_english_pictures_settings():
-    from transformers_parrot.demo.run import ENGLISH_PICTURES, build_parser, settings_from_args
+def test_default_and_fast_llm_settings():
+    """The default recipe needs the routing (English pictures, slow LLM in stage 2); `--fast_llm` is the earlier one;
+    flags override either."""
+    from transformers_parrot.demo.run import FAST_LLM, DemoSettings, build_parser, settings_from_args
 
-    settings = settings_from_args(build_parser().parse_args(["--english_pictures", "--lr", "2e-3"]))
-    assert settings.stage1_questions and settings.stage1_text_ratio == ENGLISH_PICTURES["stage1_text_ratio"]
-    assert settings.stage2_llm_lr == 1e-4 and settings.stage2_lr == 2e-3
-    quick = settings_from_args(build_parser().parse_args(["--english_pictures", "--quick"]))
-    assert quick.smoke_test and quick.stage1_steps == 3 and quick.stage1_questions
     default = settings_from_args(build_parser().parse_args([]))
-    assert default.stage2_llm_lr is None and not default.stage1_questions and default.stage1_text_ratio == 0
+    assert default == DemoSettings(output=default.output)
+    assert default.stage1_questions and default.stage1_text_ratio == 1.0 and default.stage1_text_in_english
+    assert default.stage2_llm_lr < default.stage2_lr  # the LLM is slowed, the MoE is not
+    custom = settings_from_args(build_parser().parse_args(["--lr", "2e-3", "--llm_lr", "5e-5", "--steps", "7"]))
+    assert (custom.stage2_lr, custom.stage2_llm_lr, custom.stage2_steps) == (2e-3, 5e-5, 7)
+    fast = settings_from_args(build_parser().parse_args(["--fast_llm"]))
+    assert all(getattr(fast, name) == value for name, value in FAST_LLM.items())
+    assert fast.stage2_llm_lr is None and not fast.stage1_questions and fast.stage1_text_ratio == 0
+    quick = settings_from_args(build_parser().parse_args(["--fast_llm", "--quick"]))
+    assert quick.smoke_test and quick.stage1_steps == 3 and not quick.stage1_questions

@@ -221,7 +221,7 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
       text-only samples (MLAN's language-only data): a scene written in words in one of `languages` (in English
       with `stage1_text_in_english`: the cross-lingual link a pretrained multilingual LLM brings), then a
       description request or question in that language, answered in it (with both, the LLM learns every language
-      from text and the pictures in English only: `parrot-demo --english_pictures`);
+      from text and the pictures in English only: the default `parrot-demo` recipe);
     - ``stage2.json``: `questions_per_image` samples per image in random languages of `languages` (`instruction`:
       descriptions, multiple-choice and free-form questions about the image's kind; image i is drawn for kind
       ``KINDS[i % 4]``, so the four kinds are equally frequent, as in the held-out sets).
