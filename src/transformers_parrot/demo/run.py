@@ -62,7 +62,7 @@ class DemoSettings:
     seed: int = 0
     languages: tuple = LANGUAGES
     stage1_steps: int = 800
-    stage2_steps: int = 2000
+    stage2_steps: int = 1600
     batch_size: int = 32
     stage1_lr: float = 1e-3
     stage2_lr: float = 3e-3      # stage 2: projector + MoE, and the LLM + tower unless stage2_llm_lr is set
@@ -187,10 +187,12 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
     from ..training.scripts import train_sft
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
-    what = ("vision tower + projector + LLM on English descriptions"
-            + (" and questions" if settings.stage1_questions else "")
-            + (", text in every language" if settings.stage1_text_ratio else "") + ", MoE bypassed" if stage == 1 else
-            "everything, MoE on, on multilingual descriptions and questions")
+    if stage == 1:
+        what = ("vision tower + projector + LLM on English descriptions"
+                + (" and questions" if settings.stage1_questions else "")
+                + (", text in every language" if settings.stage1_text_ratio else "") + ", MoE bypassed")
+    else:
+        what = "everything, MoE on, on multilingual descriptions and questions"
     progress = _Stage(settings, number, f"stage {stage} ({what})", steps, "step")
     script_args = ParrotScriptArguments(
         stage=stage, datasets=[str(data / f"stage{stage}.json")], image_folders=[str(data / "images")],
