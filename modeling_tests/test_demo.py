@@ -226,7 +226,7 @@ def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path
 
 
 def test_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
-    """The default recipe's stage 1: every stage-1 picture comes with an English description and an English question; the
+    """The default recipe's stage 1: every picture comes with an English description and an English question; the
     text-only samples write the scene in one language's words and ask in that language; stage 2 is as by default."""
     summary = write_training_data(tmp_path, seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
                                   stage1_text_ratio=1.0)

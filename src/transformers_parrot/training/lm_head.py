@@ -4,9 +4,10 @@ TRL's trainers patch the model with a fused LM head (`trl.trainer.utils.add_fuse
 ``fused_lm_head=True`` it returns per-token log-probabilities without materialising the full logits. On CUDA it runs
 Triton kernels on the labelled positions only; elsewhere it folds every position of the batch, prompt and image
 tokens included, through a chain of torch operations. On the CPU that costs more than the rest of a small model's
-training step (`benchmarks/bench_cpu_lm_head.py`: a `parrot-demo` stage-2 step takes 2.15x as long with it). `use_compact_lm_head` wraps the patched forward so that, on a device without TRL's kernels, it projects
-only the labelled positions and returns the same `FusedCausalLMOutput` fields from one log-softmax; everything else
-(CUDA, outputs too large for one logits matrix, router losses) goes to TRL's own head.
+training step (`benchmarks/bench_cpu_lm_head.py`: a `parrot-demo` stage-2 step takes 2.15x as long with it).
+`use_compact_lm_head` wraps the patched forward so that, on a device without TRL's kernels, it projects only the
+labelled positions and returns the same `FusedCausalLMOutput` fields from one log-softmax; everything else (CUDA,
+outputs too large for one logits matrix, router losses) goes to TRL's own head.
 """
 
 from __future__ import annotations
