@@ -28,12 +28,13 @@ def _fused_fields(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
 
     logits (T, V) of the T labelled positions, labels (B, S) and mask (B, S) with T = mask.sum() → each field (B, S).
     """
-    log_p = logits.float().log_softmax(-1)
+    z = logits.float()
+    log_p = z.log_softmax(-1)
     target = labels[mask]
     fields = {"log_probs": log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1),
               "entropy": -(log_p.exp() * log_p).sum(-1)}
     with torch.no_grad():
-        z = logits.detach().float()
+        z = z.detach()
         fields["log_sum_sq_probs"] = torch.logsumexp(2 * log_p.detach(), -1)
         fields["mean_logits"] = z.mean(-1)
         # a label tied with an earlier token is not top-1 (argmax returns the first maximum), as in TRL's kernel
@@ -59,19 +60,21 @@ def use_compact_lm_head(model: torch.nn.Module) -> bool:
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
                 **kwargs):
         lm_head = self.get_output_embeddings()
-        target = labels if shift_labels is None else shift_labels
-        compact = (fused_lm_head and target is not None and lm_head.weight.device.type not in KERNEL_DEVICES
+        # position i predicts label i + 1, unless the labels come shifted already
+        target = labels[:, 1:] if shift_labels is None and labels is not None else shift_labels
+        mask = None if target is None else target != -100
+        compact = (fused_lm_head and mask is not None and lm_head.weight.device.type not in KERNEL_DEVICES
                    and not kwargs.get("output_router_logits")
-                   and int((target != -100).sum()) * lm_head.weight.shape[0] <= MAX_COMPACT_LOGITS)
+                   and int(mask.sum()) * lm_head.weight.shape[0] <= MAX_COMPACT_LOGITS)
         if not compact:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
         hidden = self.model(*args, **kwargs).last_hidden_state
-        if shift_labels is None:  # position i predicts label i + 1
-            hidden, target = hidden[:, :-1], labels[:, 1:]
-        hidden, target = hidden.to(lm_head.weight.device), target.to(lm_head.weight.device)
-        mask = target != -100
+        if shift_labels is None:
+            hidden = hidden[:, :-1]
+        hidden = hidden.to(lm_head.weight.device)
+        target, mask = target.to(lm_head.weight.device), mask.to(lm_head.weight.device)
         fields = _fused_fields(lm_head(hidden[mask]), target, mask)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-fields["log_probs"].sum() / count, label_mask=mask, **fields)
