@@ -35,6 +35,15 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
+# bitsandbytes quantizes in blocks of 64 columns: every quantized (LLM) linear layer must be a multiple of 64 wide
+# (q/k/v/o 64, gate/up/down 128). Also vLLM's CPU attention needs head size >= 32 (2 heads of 32).
+TINY_QUANTIZABLE_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
+
 
 def tiny_processor(image_size: int | None = None, **kwargs: Any) -> ParrotProcessor:
     """Processor over the bundled tiny tokenizer with a small pad-to-square CLIP image processor (`image_size` px)."""
@@ -80,12 +89,15 @@ def tiny_config(**overrides: Any) -> ParrotConfig:
     return config_for_processor(tiny_processor(), **overrides)
 
 
-def tiny_model(seed: int = 0, processor: ParrotProcessor | None = None, **overrides: Any):
+def tiny_model(seed: int = 0, processor: ParrotProcessor | None = None, quantizable: bool = False, **overrides: Any):
     """A randomly initialised tiny Parrot (deterministic for `seed`) and its processor.
 
+    `quantizable`: an LLM wide enough for bitsandbytes' 64-column blocks (`TINY_QUANTIZABLE_TEXT_CONFIG`).
     The router and experts get a larger init than the usual 0.02 so that routing visibly depends on the prompt.
     """
     processor = processor or tiny_processor()
+    if quantizable:
+        overrides["text_config"] = {**TINY_QUANTIZABLE_TEXT_CONFIG, **(overrides.get("text_config") or {})}
     config = config_for_processor(processor, **overrides)
     torch.manual_seed(seed)
     model = ParrotForConditionalGeneration(config).eval()
@@ -96,4 +108,4 @@ def tiny_model(seed: int = 0, processor: ParrotProcessor | None = None, **overri
     return model, processor
 
 
-__all__ = ["tiny_processor", "tiny_config", "tiny_model", "config_for_processor", "TINY_VISION_CONFIG"]
+__all__ = ["tiny_processor", "tiny_config", "tiny_model", "config_for_processor", "TINY_VISION_CONFIG", "TINY_QUANTIZABLE_TEXT_CONFIG"]
