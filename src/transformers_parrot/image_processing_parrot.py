@@ -2,7 +2,7 @@
 """Image processor for Parrot (arXiv 2406.02539): transformers' LLaVA image processor (pad to a centred square with
 the mean colour, then CLIP resize / crop / normalise) with the CLIP ViT-L/14-336 settings of the released checkpoints,
 accepting more image forms than LLaVA's: PIL images in any mode (16/32-bit greyscale scaled, not clipped), HWC or
-CHW arrays and tensors (uint8, or float in [0, 1]) and local file paths.
+CHW arrays and tensors (integers in [0, 255], bool, or finite float in [0, 1]) and local file paths.
 
 Published as Hub remote code: imports only numpy, PIL and transformers; works on transformers 4.57 and 5.x.
 """
@@ -51,6 +51,8 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
         if image.mode.startswith("I;16") or image.mode in ("I", "F"):
             # 16/32-bit grey: scale to 8 bits (PIL's convert would clip everything above 255 to white)
             grey = np.asarray(image, dtype=np.float64)
+            if not np.isfinite(grey).all() or grey.min() < 0:
+                raise ValueError(f"{where}: a mode {image.mode} image must hold finite, non-negative values")
             if image.mode.startswith("I;16"):
                 grey = grey / 257.0
             elif grey.max() > 255:
@@ -58,7 +60,15 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
             return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L").convert("RGB")
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")
-        return image if image.mode == "RGB" else image.convert("RGB")  # alpha is dropped, as in the original
+        if image.mode == "La":  # premultiplied grey + alpha: PIL converts it only as RGBa
+            grey, alpha = image.split()
+            image = Image.merge("RGBa", (grey, grey, grey, alpha))
+        if image.mode == "RGB":
+            return image
+        try:
+            return image.convert("RGB")  # alpha is dropped, as in the original
+        except ValueError as error:
+            raise ValueError(f"{where}: cannot convert a mode {image.mode} image to RGB ({error})") from None
     if type(image).__name__ == "Tensor":
         image = image.detach().cpu().float().numpy() if image.is_floating_point() else image.cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -66,6 +76,11 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
             f"{where}: unsupported image type {type(image).__name__}; pass a PIL image, a numpy array or torch tensor "
             "(HWC or CHW, uint8 or float in [0, 1]) or a local file path"
         )
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: unsupported image array dtype {image.dtype}; use uint8, another integer type "
+                         "with values in [0, 255], bool, or float in [0, 1]")
+    if image.dtype.kind == "b":
+        image = image.astype(np.uint8) * 255
     array = image[:, :, None] if image.ndim == 2 else image
     if array.ndim != 3:
         raise ValueError(f"{where}: image arrays must be 2-D or 3-D, got shape {image.shape}")
@@ -78,8 +93,8 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{where}: empty image of shape {image.shape}")
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise ValueError(f"{where}: float image arrays must hold values in [0, 1]")
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(f"{where}: float image arrays must hold finite values in [0, 1]")
         array = np.rint(array * 255)
     elif array.dtype != np.uint8 and array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"{where}: integer image arrays must hold values in [0, 255]")
@@ -113,6 +128,8 @@ class ParrotImageProcessor(llava_image_processor_class()):
         layout = kwargs.get("input_data_format")
         channels_first = None if layout is None else str(getattr(layout, "value", layout)) == "channels_first"
         images = [to_pil_rgb(image, f"image {index}", channels_first) for index, image in enumerate(_flatten(images))]
+        if not images:
+            raise ValueError("no images given (an empty list)")
         # channels_last is explicit: inferring it fails for 1-pixel-high/wide images (shape (1, W, 3) looks CHW)
         return super().preprocess(images, *args, **{**kwargs, "input_data_format": "channels_last"})
 

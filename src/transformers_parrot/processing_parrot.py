@@ -88,9 +88,9 @@ class ParrotProcessor(ImageTextProcessorMixin):
                 raise ValueError(f"ParrotProcessor handles images and text only (got {modality})")
         if text is None:
             raise ValueError("ParrotProcessor needs `text` (with one <image> placeholder per image)")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
         if not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("`text` must be a string or a non-empty list of strings")
+            raise ValueError(f"`text` must be a string or a non-empty list of strings, got {type(text).__name__}")
         merged = self._merge_kwargs(ProcessingKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs = merged["text_kwargs"]
         images_kwargs = {**merged["images_kwargs"], "return_tensors": None}
