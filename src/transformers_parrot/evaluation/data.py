@@ -279,6 +279,10 @@ def _parse_index(value) -> int | None:
     if s is None:
         return None
     try:
+        return int(s)  # exact for any length; "3.0" (a float-typed column written out) falls through
+    except ValueError:
+        pass
+    try:
         f = float(s)
     except ValueError:
         return None
@@ -295,9 +299,12 @@ def read_table(path: str | os.PathLike):
     if not path.is_file():
         raise DatasetFormatError(f"benchmark file not found: {path}")
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[])
+        # only "\n" ends a row: pandas' writer leaves a lone "\r" in a cell unquoted (CRLF files: stripped below)
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[], lineterminator="\n")
     except Exception as e:
         raise DatasetFormatError(f"cannot read {path} as a TSV file: {type(e).__name__}: {e}") from e
+    if len(df.columns):
+        df[df.columns[-1]] = df[df.columns[-1]].str.removesuffix("\r")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if not any(c in df.columns for c in IMAGE_COLUMNS):
