@@ -710,12 +710,13 @@ def test_push_to_hub_uploads_after_conversion_and_reports_upload_failure(small_o
 def test_readme_publishing_uses_hf_cli_and_documents_exit_codes():
     from transformers_parrot.conversion import errors
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert "huggingface-cli" not in readme
-    section = readme.split("### Publishing", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "converting.md").read_text(encoding="utf-8")
+    assert "huggingface-cli" not in page
+    section = page.split("## Publishing on the Hub", 1)[1].split("\n## ", 1)[0]
     assert "hf auth login" in section
+    exit_codes = page.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     for code in (errors.EXIT_OK, errors.EXIT_VERIFICATION_FAILED, errors.EXIT_INPUT_ERROR, errors.EXIT_HUB_ERROR):
-        assert f"`{code}`" in readme.split("## Converting the released Parrot checkpoints", 1)[1].split("\n## ")[0]
+        assert f"| {code} |" in exit_codes
 
 
 # ------------------------------------------------------------------------------------------------ command line

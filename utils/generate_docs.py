@@ -1,0 +1,349 @@
+"""Write the generated parts of README.md and docs/*.md: the CLI reference (from each command's parser) and every
+table or number quoted from `benchmarks/results/*.json`.
+
+    python utils/generate_docs.py           # rewrite the generated regions in place
+    python utils/generate_docs.py --check   # exit 1, naming each stale region, when a file differs
+
+A generated region is written between two HTML comments (invisible once rendered):
+
+    <!-- generated: demo_seeds_table -->
+    ...replaced by the output of GENERATORS["demo_seeds_table"]...
+    <!-- end generated -->
+
+and an inline number as ``<!-- value: cpu_lm_head_ratio -->2.15<!-- end value -->`` (`VALUES`). Anything outside
+these markers is left as written. `modeling_tests/test_docs.py` runs the check, so a regenerated benchmark JSON or a
+new command-line flag fails the tests until this script has been run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PAGES = ("README.md", "docs/*.md")
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
+VALUE = re.compile(r"(<!-- value: (?P<name>[\w-]+) -->)(?P<body>.*?)(<!-- end value -->)")
+LANGUAGES = ("en", "zh", "pt", "ar", "tr", "ru")
+
+
+@cache
+def result(name: str) -> dict:
+    """A JSON file of benchmarks/results/, by file name."""
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def table(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A Markdown table; `align` holds one character per column: "l" or "r"."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in [header, rule, *rows]) + "\n"
+
+
+def pct(value: float) -> str:
+    return f"{value:.0f}"
+
+
+# ------------------------------------------------------------------------------------------------ parrot-demo
+def weakest_kinds(run: dict) -> str:
+    """The question kinds below 100 % in some language, with their range over the languages."""
+    kinds = sorted({kind for by_kind in run["accuracy_by_kind"].values() for kind in by_kind})
+    parts = []
+    for kind in kinds:
+        values = [run["accuracy_by_kind"][lang][kind] for lang in run["accuracy_by_kind"]]
+        if min(values) < 100:
+            parts.append(f"{kind} {pct(min(values))}–{pct(max(values))}")
+    return ", ".join(parts) or "none (all 100)"
+
+
+def routing_need(ablation_run: dict) -> str:
+    drops = {k: v for k, v in ablation_run["largest_drop_points"].items() if k != "own router"}
+    worst = max(drops, key=drops.get)
+    return f"{pct(drops[worst])} ({worst}); uniform {pct(drops['uniform'])}"
+
+
+def demo_seeds_table() -> str:
+    """Five-seed check of `parrot-demo`'s default recipe, with the routing ablation of the same models."""
+    seeds = result("demo_seeds.json")
+    ablation = {Path(run["folder"]).name: run for run in result("demo_routing_ablation.json")["runs"]}
+    rows = []
+    for run in seeds["runs"]:
+        rows.append([run["seed"], *(pct(run["accuracy"][lang]) for lang in LANGUAGES), weakest_kinds(run),
+                     f"{run['routing_summary']['mean_pairwise_tv_between_languages']:.3f}",
+                     routing_need(ablation[f"seed{run['seed']}"]), f"{run['wall_s']:.0f}"])
+    return table(["seed", *LANGUAGES, "kinds below 100 %", "routing TV between languages",
+                  "largest loss under a fixed routing (points)", "time (s)"], "lrrrrrrlrlr", rows)
+
+
+def demo_seeds_environment() -> str:
+    seeds = result("demo_seeds.json")
+    machine = seeds["machine"]
+    return (f"`{seeds['command'].split(' --note')[0]}`; each run is `{seeds['demo_command']}`, one at a time on "
+            f"{machine['cpu_count']} CPU cores with nothing else running; Python {machine['python']}, torch "
+            f"{machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}.\n")
+
+
+# ------------------------------------------------------------------------------------------------ performance
+def small_cpu_table() -> str:
+    """Parrot vs LLaVA at the `small` preset (bench_vs_llava.py)."""
+    raw = result("small_cpu.json")["raw"]
+    mib = 2**20
+    rows = []
+    for key, label in (("prefill_b1", "prefill, batch 1 (s)"), ("prefill_b8", "prefill, batch 8 (s)"),
+                       ("train_step", "SFT step, batch 2, forward + backward + AdamW (s)")):
+        r = raw[key]
+        rows.append([label, f"{r['llava_median_s']:.3f}", f"{r['parrot_median_s']:.3f}", f"{r['ratio']:.3f}",
+                     f"{r['ratio_of_min']:.3f}"])
+    d = raw["decode"]
+    rows.append(["decode, batch 1 (tokens/s)", f"{d['llava_tokens_per_s']:.1f}", f"{d['parrot_tokens_per_s']:.1f}",
+                 f"{d['parrot_tokens_per_s'] / d['llava_tokens_per_s']:.3f}", ""])
+    for key, label in (("prefill_b8", "peak memory, prefill batch 8 (MiB)"),
+                       ("train", "peak memory, SFT step batch 2 (MiB)")):
+        m = raw["peak_memory"][key]
+        rows.append([label, f"{m['llava'] / mib:.0f}", f"{m['parrot'] / mib:.0f}", f"{m['ratio']:.3f}", ""])
+    return table(["measure", "LLaVA", "Parrot", "Parrot / LLaVA (medians)", "ratio of minima"], "lrrrr", rows)
+
+
+def small_cpu_moe_table() -> str:
+    data = result("small_cpu.json")
+    moe, flops = data["moe"], data["flops"]
+    shape = moe["moe_shape"]
+    rows = [
+        [f"MoE alone ({shape['images']} images × {shape['tokens_per_image']} tokens, hidden {shape['hidden']}, "
+         f"intermediate {shape['intermediate']}, {shape['experts']} experts), GFLOP/s", f"{moe['moe_gflops_per_s']:.1f}"],
+        ["plain matmuls of the same sizes, GFLOP/s", f"{moe['plain_matmul_gflops_per_s']:.1f}"],
+        ["MoE efficiency (MoE / plain matmuls)", f"{moe['moe_matmul_efficiency']:.3f}"],
+        ["time with `moe_top_k=1` / dense time", f"{moe['moe_top1_time_ratio']:.3f}"],
+        ["MoE FLOP share, prefill batch 1", f"{flops['moe_flop_share_prefill_b1']:.3f}"],
+        ["MoE FLOP share, prefill batch 8", f"{flops['moe_flop_share_prefill_b8']:.3f}"],
+        ["MoE FLOP share, SFT step", f"{flops['moe_flop_share_train']:.3f}"],
+    ]
+    return table(["measure", "value"], "lr", rows)
+
+
+TARGETS = {  # bench_vs_llava.py's target names -> what they compare
+    "prefill_b1": "prefill batch 1, Parrot / LLaVA ≤ 1 + MoE FLOP share + 0.05",
+    "prefill_b8": "prefill batch 8, Parrot / LLaVA ≤ 1 + MoE FLOP share + 0.05",
+    "decode": "decode throughput, Parrot / LLaVA ≥ 0.97",
+    "train_step": "SFT step, Parrot / LLaVA ≤ 1 + MoE FLOP share (training) + 0.10",
+    "moe_matmul_efficiency": "MoE FLOP/s ≥ 75 % of plain matmuls of its shapes",
+    "moe_top1_time_ratio": "`moe_top_k=1` time ≤ 1/E of dense + 0.10",
+}
+
+
+def small_cpu_targets_table() -> str:
+    targets = result("small_cpu.json")["targets"]
+    rows = [[TARGETS.get(name, name), f"{t['value']:.3f}", f"{t['op']} {t['limit']:.3f}", "yes" if t["met"] else "**no**"]
+            for name, t in targets.items()]
+    return table(["target", "measured", "limit", "met"], "lrrl", rows)
+
+
+def environment(command: str, env: dict, extra: str = "") -> str:
+    versions = ", ".join(f"{name} {env[name]}" for name in ("python", "torch", "transformers", "trl", "vllm")
+                         if name in env)
+    return f"Command: `{command}`. Environment: {extra}{versions}.\n"
+
+
+def small_cpu_environment() -> str:
+    data = result("small_cpu.json")
+    env = data["environment"]
+    return environment(data["command"], env, f"{env['device']} ({env['device_name']}, {env['threads']} threads), "
+                                             f"{data['dtype']}, {data['repeats']} alternated rounds, ")
+
+
+def serving_cpu_table() -> str:
+    """transformers generate vs vLLM on CPU (bench_serving.py)."""
+    data = result("serving_cpu.json")
+    base = data["transformers_best"]["output_tokens_per_s"]
+    engines = [(f"transformers generate, batch {r['batch_size']}", r) for r in data["transformers"]]
+    engines += [("vLLM offline `LLM.generate`", data["vllm_offline"]),
+                (f"vLLM OpenAI server, {data['vllm_server']['concurrency']} concurrent", data["vllm_server"])]
+    rows = [[name, f"{r['seconds']:.1f}", f"{r['requests_per_s']:.2f}", f"{r['output_tokens_per_s']:.1f}",
+             f"{r['ttft_mean_s']:.2f}", f"{r['ttft_p90_s']:.2f}", f"{r['output_tokens_per_s'] / base:.2f}×"]
+            for name, r in engines]
+    return table(["engine", "s", "requests/s", "output tok/s", "TTFT mean (s)", "TTFT p90 (s)",
+                  "tok/s vs the best transformers batch"], "lrrrrrr", rows)
+
+
+def serving_cpu_environment() -> str:
+    data = result("serving_cpu.json")
+    env = data["environment"]
+    return environment(data["command"], env, f"{env['device']} ({env['cpu']}, {env['cores']} cores, "
+                                             f"{env['torch_threads']} torch threads), float32, ")
+
+
+def cpu_lm_head_table() -> str:
+    """Our CPU LM head vs TRL's fused head (bench_cpu_lm_head.py)."""
+    data = result("cpu_lm_head.json")
+    step = data["median_step_ms"]
+    rows = [["TRL's fused head (every position)", f"{step['trl_fused_head']:.1f}"],
+            ["Parrot's trainers (labelled positions only)", f"{step['compact_head']:.1f}"],
+            ["ratio", f"{data['step_time_ratio_trl_over_ours']:.2f}×"]]
+    return table(["one stage-2 step of parrot-demo's model", "median ms"], "lr", rows)
+
+
+def cpu_lm_head_environment() -> str:
+    data = result("cpu_lm_head.json")
+    env = {"transformers": data["versions"]["transformers"], "trl": data["versions"]["trl"]}
+    return environment(data["command"], env, f"{data['machine']}, batch {data['batch_size']} "
+                                             f"({data['tokens_per_batch']} tokens), ")
+
+
+# ------------------------------------------------------------------------------------------------ CLI reference
+def cli_parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
+    """Each console script's parser builder (the entry points of pyproject.toml call these parsers)."""
+    from transformers_parrot.chat.cli import build_parser as chat
+    from transformers_parrot.conversion.cli import build_parser as convert
+    from transformers_parrot.demo.run import build_parser as demo
+    from transformers_parrot.evaluation.cli import build_parser as evaluate
+
+    return {"parrot-demo": demo, "parrot-eval": evaluate, "parrot-convert": convert, "parrot-chat": chat}
+
+
+def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    if not action.help or action.help == argparse.SUPPRESS:
+        return ""
+    params = {**vars(action), "prog": parser.prog}
+    params = {k: v for k, v in params.items() if v is not argparse.SUPPRESS}
+    if params.get("choices") is not None:
+        params["choices"] = ", ".join(map(str, params["choices"]))
+    return action.help % params
+
+
+def _value(action: argparse.Action) -> str:
+    if action.nargs == 0:
+        return ""
+    if action.choices is not None:
+        return "{" + ",".join(map(str, action.choices)) + "}"
+    return action.metavar or action.dest.upper()
+
+
+def _default(action: argparse.Action) -> str:
+    if action.required:
+        return "required"
+    if action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+        return ""
+    return f"`{action.default}`"
+
+
+def cli_reference(prog: str) -> str:
+    """One command's flags as a table: spellings, value, default and help, straight from its parser."""
+    parser = cli_parsers()[prog]()
+    exclusive = {id(a): group for group in parser._mutually_exclusive_groups for a in group._group_actions}
+    first, _, rest = (parser.description or "").strip().partition("\n\n")
+    lines = [" ".join(first.split()) + "\n"] if first else []
+    if rest.strip():  # examples kept as written (parrot-chat's RawDescriptionHelpFormatter)
+        lines.append("```text\n" + textwrap.dedent(rest).strip() + "\n```\n")
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        flags = ", ".join(f"`{s}`" for s in action.option_strings) or f"`{action.dest}`"
+        value = _value(action)
+        help_text = _help(parser, action)
+        if id(action) in exclusive:
+            others = [o.option_strings[0] for o in exclusive[id(action)]._group_actions if o is not action]
+            help_text += f" (not with {', '.join(f'`{o}`' for o in others)})"
+        rows.append([flags, f"`{value}`" if value else "", _default(action),
+                     help_text.replace("|", "\\|").replace("\n", " ")])
+    lines.append(table(["flag", "value", "default", "what it does"], "llll", rows))
+    if parser.epilog:
+        epilog = " ".join(parser.epilog.split())
+        lines.append(f"{epilog[0].upper()}{epilog[1:]}.\n")
+    return "\n".join(lines)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "demo_seeds_table": demo_seeds_table,
+    "demo_seeds_environment": demo_seeds_environment,
+    "small_cpu_table": small_cpu_table,
+    "small_cpu_moe_table": small_cpu_moe_table,
+    "small_cpu_targets_table": small_cpu_targets_table,
+    "small_cpu_environment": small_cpu_environment,
+    "serving_cpu_table": serving_cpu_table,
+    "serving_cpu_environment": serving_cpu_environment,
+    "cpu_lm_head_table": cpu_lm_head_table,
+    "cpu_lm_head_environment": cpu_lm_head_environment,
+    **{f"cli-{prog}": (lambda prog=prog: cli_reference(prog))
+       for prog in ("parrot-demo", "parrot-eval", "parrot-convert", "parrot-chat")},
+}
+
+
+def _seed_runs() -> list[dict]:
+    return result("demo_seeds.json")["runs"]
+
+
+VALUES: dict[str, Callable[[], str]] = {
+    "demo_seeds_count": lambda: str(len(_seed_runs())),
+    "demo_target": lambda: pct(result("demo_seeds.json")["target_accuracy"]),
+    "demo_budget": lambda: pct(result("demo_seeds.json")["budget_s"]),
+    "demo_min_accuracy_range": lambda: "–".join(pct(f(r["min_accuracy"] for r in _seed_runs())) for f in (min, max)),
+    "demo_time_range": lambda: "–".join(f"{f(r['wall_s'] for r in _seed_runs()):.0f}" for f in (min, max)),
+    "demo_seeds_passing": lambda: str(sum(r["ok"] for r in _seed_runs())),
+    "cpu_lm_head_ratio": lambda: f"{result('cpu_lm_head.json')['step_time_ratio_trl_over_ours']:.2f}",
+    "vllm_offline_ratio": lambda: f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_offline']['output_tokens_per_s']:.2f}",
+    "vllm_server_ratio": lambda: f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_server']['output_tokens_per_s']:.2f}",
+    "small_cpu_moe_share_b1": lambda: f"{result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']:.3f}",
+    "small_cpu_flop_ratio_b1": lambda: f"{1 / (1 - result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']):.3f}",
+    "small_cpu_bitwise": lambda: str(result("small_cpu.json")["correctness"]["bitwise_equal_use_moe_false"]).lower(),
+}
+
+
+def pages() -> list[Path]:
+    return [path for pattern in PAGES for path in sorted(REPO.glob(pattern))]
+
+
+def render(text: str, where: str = "") -> str:
+    """`text` with every generated region and value rewritten; KeyError naming an unknown generator."""
+
+    def block(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in GENERATORS:
+            raise KeyError(f"{where}: unknown generated region {name!r}; known: {sorted(GENERATORS)}")
+        return match.group(1) + GENERATORS[name]() + match.group(4)
+
+    def value(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in VALUES:
+            raise KeyError(f"{where}: unknown value {name!r}; known: {sorted(VALUES)}")
+        return match.group(1) + VALUES[name]() + match.group(4)
+
+    return VALUE.sub(value, BLOCK.sub(block, text))
+
+
+def stale_pages() -> list[str]:
+    """The pages whose generated parts differ from what this script writes."""
+    stale = []
+    for path in pages():
+        text = path.read_text(encoding="utf-8")
+        if render(text, str(path.relative_to(REPO))) != text:
+            stale.append(str(path.relative_to(REPO)))
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="generate_docs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only report stale files (exit 1 when there are any)")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_pages()
+        for name in stale:
+            print(f"{name}: generated parts are stale; run `python utils/generate_docs.py`", file=sys.stderr)
+        return 1 if stale else 0
+    for path in pages():
+        text = path.read_text(encoding="utf-8")
+        new = render(text, str(path.relative_to(REPO)))
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"updated {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
