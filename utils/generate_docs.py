@@ -295,6 +295,17 @@ VALUES: dict[str, Callable[[], str]] = {
 }
 
 
+def demo_model_parameters() -> str:
+    """Parameters of the model `parrot-demo` trains, counted on a freshly built one."""
+    from transformers_parrot.demo.model import build_demo_model
+
+    model, _ = build_demo_model()
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
+
+
+VALUES["demo_model_parameters"] = demo_model_parameters
+
+
 def pages() -> list[Path]:
     return [path for pattern in PAGES for path in sorted(REPO.glob(pattern))]
 

@@ -1,4 +1,4 @@
-"""The converter's errors and the exit codes of ``parrot-convert`` (documented in the README)."""
+"""The converter's errors and the exit codes of ``parrot-convert`` (documented in docs/converting.md)."""
 
 from __future__ import annotations
 

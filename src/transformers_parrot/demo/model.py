@@ -13,7 +13,7 @@ from .data import IMAGE_SIZE
 
 @dataclass
 class DemoModelConfig:
-    """Sizes of the demo model (defaults: about 1.3M parameters, fast on two CPU cores)."""
+    """Sizes of the demo model (defaults: about 1.4M parameters, fast on two CPU cores)."""
 
     image_size: int = IMAGE_SIZE
     patch_size: int = 12  # 4x4 patches + CLS = 17 visual tokens
