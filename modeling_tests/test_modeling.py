@@ -80,7 +80,7 @@ def test_moe_matches_reference_equations(top_k):
         with torch.no_grad():
             expected, expected_logits = reference_moe(model, projected[i], guidance)
         torch.testing.assert_close(out.router_logits[i], expected_logits, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(out.image_hidden_states[i], expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.moe_image_features[i], expected, rtol=1e-4, atol=1e-5)
     # The two images of sample 0 share the sample's text but have different CLS queries.
     assert not torch.allclose(out.router_logits[0], out.router_logits[1])
 
@@ -97,7 +97,7 @@ def test_top_k_one_uses_only_the_best_expert():
     w_gate, w_up, w_down = experts.gate_up_proj[best, :inter], experts.gate_up_proj[best, inter:], experts.down_proj[best]
     with torch.no_grad():
         expected = (F.silu(projected @ w_gate.T) * (projected @ w_up.T)) @ w_down.T + 0.1 * projected
-    torch.testing.assert_close(out.image_hidden_states[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.moe_image_features[0], expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.compat
@@ -108,7 +108,7 @@ def test_use_moe_false_bypasses_the_moe():
         out = model(**batch, output_router_logits=True)
         projected = model.get_image_features(batch["pixel_values"]).pooler_output
     assert out.router_logits is None
-    torch.testing.assert_close(out.image_hidden_states, projected)
+    torch.testing.assert_close(out.moe_image_features, projected)
 
 
 def test_router_logits_only_on_request(tiny):
@@ -200,6 +200,42 @@ def test_get_image_features_is_tower_plus_projector(tiny):
         expected = model.model.multi_modal_projector(tower.hidden_states[-2])  # CLS kept ("full")
     assert features.pooler_output.shape == (1, model.config.image_seq_length, model.config.text_config.hidden_size)
     torch.testing.assert_close(features.pooler_output, expected)
+
+
+@pytest.mark.compat
+def test_get_image_features_refuses_arguments_it_does_not_use(tiny):
+    model, processor = tiny
+    pixel_values = processor(text=["<image>"], images=[make_image()], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        for owner in (model, model.model):
+            with pytest.raises(TypeError, match="image_sizes"):
+                owner.get_image_features(pixel_values, image_sizes=[(30, 30)])
+        as_tuple = model.get_image_features(pixel_values, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+
+
+@pytest.mark.compat
+def test_pixel_values_checked_once_per_forward(tiny, monkeypatch):
+    model, processor = tiny
+    batch = processor(text=[prompt_text(processor, QUESTIONS["en"])], images=[make_image()], return_tensors="pt")
+    calls = []
+    check = type(model.model)._check_pixel_values
+    monkeypatch.setattr(type(model.model), "_check_pixel_values", lambda self, pv: calls.append(pv) or check(self, pv))
+    with torch.no_grad():
+        model(**batch)
+    assert len(calls) == 1
+
+
+@pytest.mark.compat
+def test_image_hidden_states_is_a_deprecated_alias_of_moe_image_features(tiny):
+    model, processor = tiny
+    batch = processor(text=[prompt_text(processor, QUESTIONS["tr"])], images=[make_image()], return_tensors="pt")
+    with torch.no_grad():
+        outputs = [model(**batch), model.model(**batch)]
+    for out in outputs:
+        assert "image_hidden_states" not in out and out.moe_image_features is not None
+        with pytest.warns(FutureWarning, match="moe_image_features"):
+            assert out.image_hidden_states is out.moe_image_features
 
 
 @pytest.mark.compat

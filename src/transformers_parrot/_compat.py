@@ -74,6 +74,16 @@ def unwrap_clip_vision(model):
     return getattr(model, "vision_model", model)
 
 
+# On 4.x the unwrapped tower is a plain module, so the composite model's `_init_weights` reaches CLIP's embeddings,
+# whose CLS embedding is a bare parameter the generic init skips; 5.x hands the tower to CLIP's own init. Delete with
+# 4.x support.
+def init_legacy_clip_embedding(module, std: float) -> None:
+    """On 4.x, draw the `class_embedding` of a CLIP embeddings module from N(0, std²); elsewhere nothing."""
+    class_embedding = getattr(module, "class_embedding", None) if IS_TRANSFORMERS_4 else None
+    if class_embedding is not None:
+        init.normal_(class_embedding, mean=0.0, std=std)
+
+
 # 5.15 made `generate` drop pixel_values after the prefill itself (MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL);
 # before, every VLM overrode `prepare_inputs_for_generation`. 5.0-5.14 flag the prefill with `is_first_iteration`,
 # 4.x only through `cache_position`. Delete when the oldest supported release is 5.15.

@@ -178,10 +178,5 @@ class ParrotConfig(PreTrainedConfig):
         return json.dumps(add_legacy_rope_fields(json.loads(super().to_json_string(use_diff))), indent=2,
                           sort_keys=True) + "\n"
 
-    @property
-    def im_start_token_id(self) -> int:
-        """`<|im_start|>`: the first assistant-header id; it opens every ChatML turn."""
-        return self.assistant_header_ids[0]
-
 
 __all__ = ["ParrotConfig", "tokens_per_image"]

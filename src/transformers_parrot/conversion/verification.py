@@ -238,7 +238,7 @@ def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_t
         with torch.no_grad():
             out = model(**inputs, output_router_logits=True)
         vocab = ref["logits"].shape[-1]
-        pairs = [("image_features", out.image_hidden_states[0].float(), ref["features"].float()),
+        pairs = [("image_features", out.moe_image_features[0].float(), ref["features"].float()),
                  ("last_token_logits", out.logits[0, -1, :vocab].float(), ref["logits"].float())]
         if ref["routing"] is not None:
             pairs.insert(0, ("routing_weights", torch.softmax(out.router_logits[0].float(), -1), ref["routing"].float()))
