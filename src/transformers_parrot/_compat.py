@@ -1,5 +1,5 @@
 # Copyright 2025 The transformers-parrot authors. Licensed under the Apache License, Version 2.0.
-"""Every switch on the installed transformers release, in one place (supported: 4.57.x to 5.24.x).
+"""Every switch on the installed transformers release, in one place (supported: 4.57.x to 5.25.x).
 
 Each entry says which release made it necessary and when it can be deleted. Features are detected, not versions
 compared, wherever transformers exposes the feature itself. Published as Hub remote code next to the model,
@@ -43,6 +43,26 @@ def accept_legacy_cache_kwarg(forward):
     from transformers.utils.deprecation import deprecate_kwarg
 
     return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+
+# 5.25 turned Hub kernels on by default: `from_pretrained(use_kernels=None)` means True, which raises "Kernels are not
+# available" without a `kernels` package in transformers' range (0.19.x) and, on a GPU, downloads kernels from the
+# Hub (on CPU the default mapping has no kernel: nothing is replaced). Parrot keeps that default only where it can
+# work; an explicit `use_kernels=` always wins. Delete when transformers itself falls back without `kernels`.
+_RELEASE = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+HUB_KERNELS_BY_DEFAULT = _RELEASE >= (5, 25)
+
+
+def use_kernels_kwargs(use_kernels: bool | None = None) -> dict[str, bool]:
+    """The `use_kernels=` keyword for a `from_pretrained` call: the explicit value, else False where Hub kernels
+    cannot load (no compatible `kernels` package, or the Hub offline); empty where transformers' default stands
+    (it also obeys `USE_HUB_KERNELS`)."""
+    if use_kernels is None and HUB_KERNELS_BY_DEFAULT:
+        from transformers.utils.hub import is_offline_mode
+        from transformers.utils.import_utils import is_kernels_available
+
+        use_kernels = None if is_kernels_available() and not is_offline_mode() else False
+    return {} if use_kernels is None else {"use_kernels": use_kernels}
 
 
 # 5.0 stores tied weights as {target: source}; 4.x as a list of tied names. Delete with 4.x support.

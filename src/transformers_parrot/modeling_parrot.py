@@ -28,6 +28,7 @@ from ._compat import (
     init_legacy_clip_embedding,
     tied_weights_keys,
     unwrap_clip_vision,
+    use_kernels_kwargs,
 )
 from .configuration_parrot import ParrotConfig
 
@@ -303,6 +304,12 @@ class ParrotPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, *args, use_kernels: bool | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`; by default Hub kernels only where they can load: offline or without
+        the `kernels` package the model loads without them (`_compat.use_kernels_kwargs`)."""
+        return super().from_pretrained(*args, **use_kernels_kwargs(use_kernels), **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also write the `auto_map` entries of every Auto class Parrot supports (see `set_auto_map`)."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .._compat import unwrap_clip_vision
+from .._compat import unwrap_clip_vision, use_kernels_kwargs
 from ..configuration_parrot import ParrotConfig, tokens_per_image
 from ..modeling_parrot import ParrotForConditionalGeneration
 from ..processing_parrot import IM_END, IMAGE_TOKEN, ParrotProcessor, default_image_processor
@@ -26,7 +26,7 @@ def _vision_model(name_or_path: str, dtype, **hub_kwargs):
     vision_config = config.vision_config if hasattr(config, "vision_config") else config
     if not isinstance(vision_config, CLIPVisionConfig):
         raise ValueError(f"{name_or_path}: expected a CLIP vision checkpoint, got {type(vision_config).__name__}")
-    model = CLIPVisionModel.from_pretrained(name_or_path, dtype=dtype, **hub_kwargs)
+    model = CLIPVisionModel.from_pretrained(name_or_path, dtype=dtype, **use_kernels_kwargs(), **hub_kwargs)
     return unwrap_clip_vision(model), vision_config
 
 
@@ -62,7 +62,7 @@ def build_parrot_from_pretrained(
         tokenizer.pad_token = "<|endoftext|>"
 
     vision_tower, vision_config = _vision_model(str(vision_model_name_or_path), dtype, **hub_kwargs)
-    llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, **hub_kwargs)
+    llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, **use_kernels_kwargs(), **hub_kwargs)
     text_config = llm.config
     if text_config.model_type != "qwen2":
         logger.warning("LLM %s is a %s model; Parrot was released on Qwen2 (Qwen1.5) LLMs",
