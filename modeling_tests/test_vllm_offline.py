@@ -174,3 +174,22 @@ def test_bad_inputs_get_clear_errors_and_the_engine_keeps_serving(served):
         llm.chat(broken, _params(), use_tqdm=False)
     (output,) = llm.generate([_request(processor, QUESTIONS["en"], [image])], _params(), use_tqdm=False)
     assert_same_greedy(output, hf_greedy(model, processor, prompt, [image]), "after bad inputs")
+
+
+def test_image_placeholder_without_image_data_is_refused(served):
+    """vLLM sends a prompt without image data past the multimodal processor: the plugin refuses its `<image>`."""
+    from vllm.exceptions import VLLMValidationError
+
+    llm, model, processor = served
+    prompt = chat_prompt(processor, QUESTIONS["en"])  # one <image>, and no image sent with it
+    refused = r"1 <image> placeholder\(s\) but no image was given"
+    with pytest.raises(VLLMValidationError, match=refused):
+        llm.generate([{"prompt": prompt}], _params(), use_tqdm=False)
+    with pytest.raises(VLLMValidationError, match=refused):
+        llm.generate([{"prompt_token_ids": processor.tokenizer(prompt)["input_ids"]}], _params(), use_tqdm=False)
+    typed = [{"role": "user", "content": f"<image><image> {QUESTIONS['en']}"}]  # typed by the user, no image part
+    with pytest.raises(VLLMValidationError, match=r"2 <image> placeholder\(s\) but no image"):
+        llm.chat(typed, _params(), use_tqdm=False)
+    (output,) = llm.generate([_request(processor, QUESTIONS["ru"], [])], _params(), use_tqdm=False)
+    reference = hf_greedy(model, processor, chat_prompt(processor, QUESTIONS["ru"], n_images=0), None)
+    assert_same_greedy(output, reference, "text only, after the refused prompts")
