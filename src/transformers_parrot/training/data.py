@@ -119,11 +119,13 @@ def _normalize_messages(messages: Any, num_images: int, where: str) -> list[dict
         elif isinstance(content, (list, tuple)):
             items, count = [], 0
             for item in content:
-                kind = item.get("type")
+                kind = item.get("type") if isinstance(item, dict) else None
                 if kind in ("image", "image_url"):
                     items.append({"type": "image", "text": None})
                     count += 1
                 elif kind == "text":
+                    if not isinstance(item.get("text") or "", str):
+                        raise ParrotDataError(f"{where}: turn {turn} has a text item whose text is not a string")
                     sub, sub_count = _text_items(item.get("text") or "")
                     items.extend(sub)
                     count += sub_count
@@ -153,7 +155,9 @@ def convert_llava_sample(sample: dict, image_folder: str | os.PathLike | None, i
     if not isinstance(sample, dict):
         raise ParrotDataError(f"{where}: entry is not an object")
     image = sample.get("image")
-    images = [] if image in (None, "", []) else ([image] if isinstance(image, str) else list(image))
+    images = [] if image in (None, "", []) else ([image] if isinstance(image, str) else image)
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        raise ParrotDataError(f"{where}: \"image\" must be a path or a list of paths, got {image!r:.80}")
     paths = [p if os.path.isabs(p) or image_folder is None else os.path.join(image_folder, p) for p in images]
     turns = sample.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -161,7 +165,7 @@ def convert_llava_sample(sample: dict, image_folder: str | os.PathLike | None, i
     messages = []
     for turn, message in enumerate(turns):
         speaker = message.get("from") if isinstance(message, dict) else None
-        role = LLAVA_ROLES.get(speaker)
+        role = LLAVA_ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise ParrotDataError(
                 f"{where}: turn {turn} has unknown \"from\" role {speaker!r} (expected one of {sorted(LLAVA_ROLES)})"
@@ -181,11 +185,29 @@ def _read_llava_entries(path: str | os.PathLike) -> list:
     path = str(path)
     with open(path, encoding="utf-8") as handle:
         if path.endswith(".jsonl"):
-            return [json.loads(line) for line in handle if line.strip()]
-        data = json.load(handle)
+            entries = []
+            for number, line in enumerate(handle, 1):
+                try:
+                    entries.append(json.loads(line) if line.strip() else None)
+                except ValueError as error:
+                    raise ParrotDataError(f"{path}: line {number} is not valid JSON ({error})") from None
+            return [entry for entry in entries if entry is not None]
+        try:
+            data = json.load(handle)
+        except ValueError as error:
+            raise ParrotDataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, list):
         raise ParrotDataError(f"{path}: a LLaVA JSON file holds a list of samples, got {type(data).__name__}")
     return data
+
+
+def _to_dataset(rows: list[dict], features):
+    """`rows` as a `datasets.Dataset` with `features`, also when every sample was skipped (no rows)."""
+    from datasets import Dataset
+
+    if not rows:
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return Dataset.from_list(rows, features=features)
 
 
 def _checked(rows: Iterable[tuple[int, Any]], convert, on_error: str, report: DataReport) -> Iterator[dict]:
@@ -219,7 +241,7 @@ def load_llava_json(
     the first bad sample with an error naming it; `"skip"` drops it and counts it in `report` (a `DataReport`,
     also attached to the returned dataset as `.parrot_report` for in-memory datasets).
     """
-    from datasets import Dataset, IterableDataset
+    from datasets import IterableDataset
 
     report = report if report is not None else DataReport()
     source = f"{os.path.basename(str(path))}: "
@@ -234,7 +256,7 @@ def load_llava_json(
         return IterableDataset.from_generator(generate, features=_features())
     rows = list(_checked(enumerate(_read_llava_entries(path)), convert, on_error, report))
     logger.info("%s%s", source, report.summary())
-    dataset = Dataset.from_list(rows, features=_features()) if rows else Dataset.from_list([], features=_features())
+    dataset = _to_dataset(rows, _features())
     dataset.parrot_report = report
     return dataset
 
@@ -260,10 +282,15 @@ def _sample_images(example: dict, column: str, where: str, image_folder: str | N
     images = example.get(column)
     if images is None and "image" in example:
         images = [] if example["image"] in (None, "") else [example["image"]]
+    images = [images] if isinstance(images, (str, dict)) else images
+    if images is not None and not isinstance(images, (list, tuple)):
+        raise ParrotDataError(f"{where}: {column!r} must be a list of images, got {type(images).__name__}")
     images = list(images or [])
     for j, image in enumerate(images):
         if image is None:
             raise ParrotDataError(f"{where}: image {j} is missing")
+        if not isinstance(image, (str, dict)) and not hasattr(image, "mode"):
+            raise ParrotDataError(f"{where}: image {j} is a {type(image).__name__}, not a path or an image")
         if isinstance(image, dict) and image.get("bytes") is None:
             image = image.get("path")
         if isinstance(image, str):
@@ -295,7 +322,7 @@ def normalize_conversational(dataset, on_error: str = "raise", check_images: boo
     if isinstance(dataset, Dataset):
         dataset = _undecoded_images(dataset, (images_column, "image"))
         rows = list(_checked(((i, ex) for i, ex in enumerate(dataset)), convert, on_error, report))
-        out = Dataset.from_list(rows, features=_features())
+        out = _to_dataset(rows, _features())
         out.parrot_report = report
         return out
 
@@ -415,8 +442,6 @@ def normalize_preference(dataset, image_folder=None, on_error: str = "raise", ch
                          source: str = "", report: DataReport | None = None):
     """An image-grounded preference dataset (prompt, chosen, rejected, images) → the canonical preference schema
     TRL's DPO vision collator reads; bad pairs raise or are skipped and counted."""
-    from datasets import Dataset
-
     report = report if report is not None else DataReport()
     dataset = _undecoded_images(dataset, ("images", "image"))
 
@@ -424,7 +449,7 @@ def normalize_preference(dataset, image_folder=None, on_error: str = "raise", ch
         return convert_preference_sample(example, index, image_folder, source, check_images)
 
     rows = list(_checked(((i, ex) for i, ex in enumerate(dataset)), convert, on_error, report))
-    out = Dataset.from_list(rows, features=_preference_features())
+    out = _to_dataset(rows, _preference_features())
     out.parrot_report = report
     return out
 
