@@ -2,7 +2,8 @@
 
 `reference_dense` / `reference_top_k` keep the straightforward formulation (one batched matmul per expert out of
 the intermediate space, summed over experts; gathered transposed down matrices for top-k), written here so the
-model's faster layout is checked against computation that shares none of its reshapes.
+model's faster layout is checked against computation that shares none of its reshapes. Top-k is checked on both
+of its paths: the eager loop over the experts chosen and the batched form `torch.compile` traces.
 """
 
 from __future__ import annotations
@@ -107,15 +108,17 @@ def test_dense_mixture_is_the_per_expert_sum():
         torch.testing.assert_close(experts(hidden_states, routing_weights), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["forward_top_k", "_top_k_batched"])  # eager loop over experts / compiled graph
 @pytest.mark.parametrize("top_k", [1, 2, EXPERTS - 1])
-def test_top_k_matches_reference_outputs_and_gradients(top_k):
+def test_top_k_matches_reference_outputs_and_gradients(top_k, path):
     experts = make_experts(seed=top_k)
-    hidden_states, routing_weights = make_inputs(seed=10 + top_k)
+    hidden_states, routing_weights = make_inputs(num_images=6, seed=10 + top_k)
     top_weights, top_index = routing_weights.topk(top_k, dim=-1)
     top_weights = top_weights / top_weights.sum(-1, keepdim=True)
-    out, grads = outputs_and_grads(
-        lambda x, w: experts.forward_top_k(x, top_index, w), experts, [hidden_states, top_weights]
-    )
+    if top_k == 1:  # two images share an expert, one expert is chosen by none
+        top_index = torch.tensor([[0], [3], [0], [1], [4], [1]])
+    method = getattr(experts, path)
+    out, grads = outputs_and_grads(lambda x, w: method(x, top_index, w), experts, [hidden_states, top_weights])
     ref_out, ref_grads = outputs_and_grads(
         lambda x, w: reference_top_k(experts, x, top_index, w), experts, [hidden_states, top_weights]
     )
@@ -124,12 +127,13 @@ def test_top_k_matches_reference_outputs_and_gradients(top_k):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
 
 
-def test_top_k_with_every_expert_equals_the_dense_mixture():
+@pytest.mark.parametrize("path", ["forward_top_k", "_top_k_batched"])
+def test_top_k_with_every_expert_equals_the_dense_mixture(path):
     experts = make_experts(seed=4)
     hidden_states, routing_weights = make_inputs(seed=5)
-    every = torch.arange(EXPERTS).expand(hidden_states.shape[0], EXPERTS)
+    every = torch.arange(EXPERTS).flip(0).expand(hidden_states.shape[0], EXPERTS)
     with torch.no_grad():
-        torch.testing.assert_close(experts.forward_top_k(hidden_states, every, routing_weights),
+        torch.testing.assert_close(getattr(experts, path)(hidden_states, every, routing_weights.flip(1)),
                                    experts(hidden_states, routing_weights), rtol=1e-12, atol=1e-12)
 
 

@@ -209,10 +209,26 @@ class ParrotExperts(nn.Module):
     def forward_top_k(
         self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
     ) -> torch.Tensor:
-        """Sparse mixture over each image's k chosen experts only (batched matmuls, no Python loop).
+        """Sparse mixture over each image's k chosen experts only.
 
-        hidden_states (N, L, D), expert_index (N, k), routing_weights (N, k) → (N, L, D).
+        hidden_states (N, L, D), expert_index (N, k), routing_weights (N, k) → (N, L, D). Eagerly, one pair of
+        matmuls per expert that some image chose, on that expert's weights in place (no weight copies); under
+        `torch.compile`, `_top_k_batched` (static shapes: one graph).
         """
+        if torch.compiler.is_compiling():
+            return self._top_k_batched(hidden_states, expert_index, routing_weights)
+        mixed = torch.zeros_like(hidden_states)
+        for expert in expert_index.unique().tolist():
+            image, slot = (expert_index == expert).nonzero(as_tuple=True)
+            gate_up = F.linear(hidden_states[image], self.gate_up_proj[expert]).unsqueeze(2)  # (n, L, 1, 2I)
+            activated = self._weighted_swiglu(gate_up, routing_weights[image, slot, None]).squeeze(2)
+            mixed.index_add_(0, image, F.linear(activated, self.down_proj[expert]))
+        return mixed
+
+    def _top_k_batched(
+        self, hidden_states: torch.Tensor, expert_index: torch.Tensor, routing_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward_top_k` as batched matmuls over each image's gathered expert weights (no data-dependent shape)."""
         num_images, seq_len, hidden = hidden_states.shape
         top_k, inter = expert_index.shape[1], self.intermediate_dim
         # Gathering whole (out, in) matrices copies contiguous blocks; the (N, D, k·I) view is free for k = 1.
