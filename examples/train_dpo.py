@@ -4,14 +4,14 @@ Full fine-tuning (the reference model is a frozen copy of the starting model):
     accelerate launch --config_file examples/accelerate/zero3.yaml examples/train_dpo.py \
         --model_name_or_path parrot-stage2 --datasets vqa_preferences.jsonl --image_folders images/ \
         --beta 0.1 --output_dir parrot-dpo
-LoRA (the reference is the model with its adapters disabled): add --use_peft.
+LoRA (the reference is the model with its adapters disabled): add --use_peft; QLoRA: also --load_in_4bit
+--dtype bfloat16.
 
 Data: rows with `prompt` (a string with <image>, or messages), `chosen` and `rejected` (strings or one assistant
-message) and `image`/`images`. Every DPOConfig / ModelConfig flag works, also from `--config recipe.yaml`; flags
-left unset follow `ParrotDPOConfig` (learning rate 5e-7, the paper's schedule, max_length 2048).
+message) and `image`/`images`. Every DPOConfig / ModelConfig flag works or is refused with the reason, also from
+`--config recipe.yaml`; flags left unset follow `ParrotDPOConfig` (learning rate 5e-7, the paper's schedule,
+max_length 2048).
 """
-
-import copy
 
 from trl import ModelConfig, TrlParser
 
@@ -19,7 +19,6 @@ from transformers_parrot.training import (
     ParrotDPOConfig,
     ParrotDPOTrainer,
     ParrotScriptArguments,
-    check_max_length,
     load_model_and_processor,
     load_preference_data,
     prepare_stage,
@@ -32,9 +31,8 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotDPOConfig, mod
     ################
     # Model, reference model & processor: the policy trains as in stage 2 (LoRA on the LLM with --use_peft)
     ################
-    model, processor = load_model_and_processor(script_args, model_args)
-    peft_config = prepare_stage(model, 2, training_args, model_args, train_vision=script_args.train_vision)
-    ref_model = None if peft_config is not None else copy.deepcopy(model).eval().requires_grad_(False)
+    model, processor = load_model_and_processor(script_args, training_args, model_args, recipe="dpo")
+    training_args, peft_config = prepare_stage(model, script_args, training_args, model_args, recipe="dpo")
 
     ################
     # Dataset: preference pairs, every pair validated, mixed by --dataset_ratios
@@ -42,22 +40,16 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotDPOConfig, mod
     train_dataset, report = load_preference_data(script_args, seed=training_args.seed)
 
     ################
-    # Collator: DPOTrainer's vision collator; --max_length must hold the prompt's image tokens
-    ################
-    check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
-
-    ################
-    # Training
+    # Training: without LoRA the reference is a frozen copy of the starting model, with LoRA (QLoRA too) the
+    # policy with its adapters disabled; the trainer refuses a --max_length that would cut the prompt's image
     ################
     trainer = ParrotDPOTrainer(
         model=model,
-        ref_model=ref_model,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        multimodal_lr=script_args.multimodal_lr,
-        router_lr=script_args.router_lr,
+        script_args=script_args,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -5,8 +5,8 @@ share of visual samples in the same batches. Trains like stage 2 (projector + Mo
         --text_datasets text_instructions.jsonl --visual_datasets llava_v1_5_mix665k.json --visual_ratio 0.1 \
         --image_folders images/ --output_dir parrot-mlan
 
-`--visual_ratio 0` trains on text only. Every SFTConfig / ModelConfig flag works, also from `--config recipe.yaml`;
-flags left unset follow the paper (`ParrotSFTConfig`, with stage 2's learning rate).
+`--visual_ratio 0` trains on text only. Every SFTConfig / ModelConfig flag works or is refused with the reason, also
+from `--config recipe.yaml`; flags left unset follow the paper (`ParrotSFTConfig`, with stage 2's learning rate).
 """
 
 from trl import ModelConfig, TrlParser
@@ -15,7 +15,6 @@ from transformers_parrot.training import (
     ParrotScriptArguments,
     ParrotSFTConfig,
     ParrotSFTTrainer,
-    check_max_length,
     load_model_and_processor,
     load_training_data,
     mlan_sources,
@@ -29,8 +28,8 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     ################
     # Model & processor: a Parrot checkpoint (usually stage 1's), set up as in stage 2
     ################
-    model, processor = load_model_and_processor(script_args, model_args)
-    peft_config = prepare_stage(model, 2, training_args, model_args, train_vision=script_args.train_vision)
+    model, processor = load_model_and_processor(script_args, training_args, model_args, recipe="mlan")
+    training_args, peft_config = prepare_stage(model, script_args, training_args, model_args, recipe="mlan")
 
     ################
     # Dataset: the text sources share 1 - --visual_ratio of the samples, the visual sources the rest
@@ -39,12 +38,8 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     train_dataset, report = load_training_data(script_args, sources, ratios, seed=training_args.seed)
 
     ################
-    # Collator: SFTTrainer's vision collator takes batches where some rows have no image
-    ################
-    check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
-
-    ################
-    # Training
+    # Training: the vision collator takes batches where some rows have no image; the trainer refuses a
+    # --max_length that would cut an image
     ################
     trainer = ParrotSFTTrainer(
         model=model,
@@ -52,8 +47,7 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        multimodal_lr=script_args.multimodal_lr,
-        router_lr=script_args.router_lr,
+        script_args=script_args,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

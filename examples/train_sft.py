@@ -9,9 +9,12 @@ Stage 2, multilingual instruction tuning (projector + MoE + LLM; add --use_peft 
     accelerate launch --config_file examples/accelerate/zero3.yaml examples/train_sft.py --stage 2 \
         --model_name_or_path parrot-stage1 --datasets llava_v1_5_mix665k.json parrot_zh.json \
         --dataset_ratios 0.9 0.1 --image_folders images/ --output_dir parrot-stage2
+QLoRA (LoRA on the LLM loaded in 4 bits, projector + MoE in full precision): add --use_peft --load_in_4bit
+--dtype bfloat16; <output_dir>/merged is then the unquantized base with the adapter merged. See docs/training.md.
 
-Every SFTConfig / ModelConfig flag works, also from `--config recipe.yaml`. Flags left unset follow the paper
-(`ParrotSFTConfig`: the stage's learning rate, cosine schedule, 3 % warmup, 1 epoch, max_length 2048, ...).
+Every SFTConfig / ModelConfig flag works or is refused with the reason, also from `--config recipe.yaml`. Flags left
+unset follow the paper (`ParrotSFTConfig`: the stage's learning rate, cosine schedule, 3 % warmup, 1 epoch,
+max_length 2048, ...).
 """
 
 from trl import ModelConfig, TrlParser
@@ -20,8 +23,6 @@ from transformers_parrot.training import (
     ParrotScriptArguments,
     ParrotSFTConfig,
     ParrotSFTTrainer,
-    check_max_length,
-    check_text_only_samples,
     load_model_and_processor,
     load_training_data,
     prepare_stage,
@@ -34,10 +35,9 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     ################
     # Model & processor: a Parrot checkpoint, or a fresh Parrot from --vision_model + --llm_model
     ################
-    model, processor = load_model_and_processor(script_args, model_args)
+    model, processor = load_model_and_processor(script_args, training_args, model_args, recipe="sft")
     # stage 1: projector only, MoE off; stage 2: projector + MoE + LLM, MoE on (LoRA on the LLM with --use_peft)
-    peft_config = prepare_stage(model, script_args.stage, training_args, model_args,
-                                train_vision=script_args.train_vision, train_llm=script_args.train_llm)
+    training_args, peft_config = prepare_stage(model, script_args, training_args, model_args, recipe="sft")
 
     ################
     # Dataset: LLaVA JSON / conversational sources, every sample validated, mixed by --dataset_ratios
@@ -46,14 +46,8 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
                                                seed=training_args.seed)
 
     ################
-    # Collator: SFTTrainer's vision collator renders the chat template, expands <image> and masks all but the
-    # answers; it must never cut an image's tokens
-    ################
-    check_max_length(training_args.max_length, processor.image_seq_length, script_args.max_images_per_sample)
-    check_text_only_samples(model, train_dataset)  # a frozen LLM: text-only samples would train nothing
-
-    ################
-    # Training
+    # Training: the vision collator renders the chat template, expands <image> and masks all but the
+    # answers; the trainer refuses a --max_length that would cut an image and, with a frozen LLM, text-only samples
     ################
     trainer = ParrotSFTTrainer(
         model=model,
@@ -61,8 +55,7 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
-        multimodal_lr=script_args.multimodal_lr,
-        router_lr=script_args.router_lr,
+        script_args=script_args,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

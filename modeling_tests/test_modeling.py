@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import QUESTIONS, chat, make_image, sharpen_routing
 
 from transformers_parrot import ParrotConfig, ParrotForConditionalGeneration
-from transformers_parrot._compat import enable_checkpointing
+from transformers_parrot._compat import CHECKPOINTING_ARG
 from transformers_parrot.tiny import tiny_model
 
 
@@ -285,7 +285,8 @@ def test_gradient_checkpointing_gives_same_gradients():
     for checkpointing in (False, True):
         trained = copy.deepcopy(model).train()
         if checkpointing:
-            enable_checkpointing(trained, use_reentrant=False)
+            enable = getattr(trained, f"{CHECKPOINTING_ARG}_enable")
+            enable(**{f"{CHECKPOINTING_ARG}_kwargs": {"use_reentrant": False}})
             assert trained.model.language_model.gradient_checkpointing
         trained(**batch, labels=batch["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in trained.named_parameters() if p.grad is not None})

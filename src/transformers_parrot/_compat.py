@@ -83,9 +83,41 @@ CHECKPOINTING_ARG = (
 WARMUP_RATIO_ARG = "warmup_ratio" if IS_TRANSFORMERS_4 else "warmup_steps"
 
 
-def enable_checkpointing(model, **kwargs) -> None:
-    """`model.activation_checkpointing_enable(...)` (5.23+) or `gradient_checkpointing_enable(...)` (older)."""
-    getattr(model, f"{CHECKPOINTING_ARG}_enable")(**{f"{CHECKPOINTING_ARG}_kwargs": kwargs} if kwargs else {})
+def training_arguments_kwargs(warmup_ratio: float | None = None, checkpointing: bool | None = None) -> dict:
+    """`TrainingArguments` keywords under this release's names: a warmup as a ratio of the total steps, and
+    activation (gradient) checkpointing on or off."""
+    kwargs: dict[str, Any] = {}
+    if warmup_ratio is not None:
+        kwargs[WARMUP_RATIO_ARG] = warmup_ratio
+    if checkpointing is not None:
+        kwargs[CHECKPOINTING_ARG] = checkpointing
+    return kwargs
+
+
+def training_defaults_mixin(warmup_ratio: float) -> type:
+    """A dataclass to mix in before a `TrainingArguments` subclass (TRL's configs): a warmup of `warmup_ratio` of the
+    total steps and activation checkpointing on, each under this release's name. On 5.23+ TRL's configs turn
+    checkpointing on under the deprecated `gradient_checkpointing` (a FutureWarning on every run): that default is
+    unset, and `activation_checkpointing` is turned on unless either name was given."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    meta = TrainingArguments.__dataclass_fields__
+    warmup = dataclasses.field(default=warmup_ratio, metadata=meta[WARMUP_RATIO_ARG].metadata)
+    spec = [(WARMUP_RATIO_ARG, float, warmup)]
+    renamed = CHECKPOINTING_ARG == "activation_checkpointing"
+    if renamed:
+        spec.append(("gradient_checkpointing", bool | None,
+                     dataclasses.field(default=None, metadata=meta["gradient_checkpointing"].metadata)))
+
+    def __post_init__(self):
+        if renamed and self.gradient_checkpointing is None and self.activation_checkpointing is None:
+            self.activation_checkpointing = True
+        super(mixin, self).__post_init__()
+
+    mixin = dataclasses.make_dataclass("TrainingDefaults", spec, namespace={"__post_init__": __post_init__})
+    return mixin
 
 
 # 4.x wraps CLIP's layers in `CLIPVisionModel.vision_model`; 5.0 dropped that level. Unwrapping keeps weight names

@@ -163,17 +163,17 @@ def _trainer_progress(stage: _Stage):
 def _sft_config(settings: DemoSettings, stage: int, output_dir: Path):
     """The library's `ParrotSFTConfig` (paper defaults: loss on the answers only, cosine schedule) with the demo's
     steps, batch and learning rates; activation checkpointing off (the model is tiny: recomputing only costs time)."""
-    from .._compat import CHECKPOINTING_ARG
+    from .._compat import training_arguments_kwargs
     from ..training.configs import ParrotSFTConfig
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
     return ParrotSFTConfig(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.stage1_lr if stage == 1 else settings.stage2_llm_lr or settings.stage2_lr,
-        warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=settings.weight_decay,
+        lr_scheduler_type="cosine", weight_decay=settings.weight_decay,
         seed=settings.seed, data_seed=settings.seed, bf16=False, use_cpu=True, dataloader_num_workers=0,
         report_to="none", save_strategy="no", logging_steps=max(1, min(10, steps // 10)), disable_tqdm=True,
-        **{CHECKPOINTING_ARG: False},
+        **training_arguments_kwargs(warmup_ratio=settings.warmup_ratio, checkpointing=False),
     )
 
 

@@ -2,7 +2,7 @@
 the steps the example scripts are made of.
 
 Needs the `train` extra (trl, peft, accelerate, datasets). Names that need TRL (configs, trainers, script steps) are
-imported on first use. See the Training section of the README for the launch commands.
+imported on first use. See docs/training.md for the launch commands.
 """
 
 from .builder import build_parrot_from_pretrained, merge_adapter_checkpoint, merge_lora, save_merged
@@ -30,7 +30,8 @@ from .recipes import (
 _LAZY = {
     "ParrotSFTTrainer": "recipes", "ParrotDPOTrainer": "recipes",
     "ParrotScriptArguments": "configs", "ParrotSFTConfig": "configs", "ParrotDPOConfig": "configs",
-    "load_model_and_processor": "scripts", "prepare_stage": "scripts", "mlan_sources": "scripts",
+    "check_model_args": "scripts", "load_model_and_processor": "scripts", "prepare_stage": "scripts",
+    "mlan_sources": "scripts",
     "load_training_data": "scripts", "load_preference_data": "scripts", "save_trained": "scripts",
     "train_sft": "scripts",
 }
@@ -50,6 +51,7 @@ __all__ = [
     "mix_datasets", "normalize_conversational",
     "STAGE_CONFIG", "STAGE_LEARNING_RATE", "RouterProbe", "build_param_groups", "check_max_length", "check_text_only_samples",
     "lora_config_for_parrot", "setup_stage", "ParrotSFTTrainer", "ParrotDPOTrainer", "ParrotScriptArguments",
-    "ParrotSFTConfig", "ParrotDPOConfig", "load_model_and_processor", "prepare_stage", "mlan_sources",
+    "ParrotSFTConfig", "ParrotDPOConfig", "check_model_args", "load_model_and_processor", "prepare_stage",
+    "mlan_sources",
     "load_training_data", "load_preference_data", "save_trained", "train_sft",
 ]

@@ -144,7 +144,8 @@ def merge_adapter_checkpoint(base_model_path: str | os.PathLike, adapter_path: s
     The config comes from the adapter folder, where the trainers save it: the recipe changed it while training
     (stage 2 turns `use_moe` on), so the base checkpoint's config no longer describes the trained model. An adapter
     folder without one (saved by an older version) gets the base config with the stage-2 changes of `STAGE_CONFIG`,
-    the only stage that trains adapters, and a warning.
+    the only stage that trains adapters, and a warning. An adapter trained on a k-bit base (QLoRA) is merged onto
+    the base loaded unquantized (`load_kwargs`, e.g. `dtype=torch.bfloat16`): the result is a plain checkpoint.
     """
     from peft import PeftModel
     from transformers.utils import CONFIG_NAME, cached_file
@@ -158,6 +159,9 @@ def merge_adapter_checkpoint(base_model_path: str | os.PathLike, adapter_path: s
             setattr(config, key, value)
         logger.warning("%s holds no config.json (saved by an older version): using %s's config with the stage-2 "
                        "recipe's changes %s", adapter_path, base_model_path, STAGE_CONFIG[2])
+    # a k-bit (QLoRA) run saved its quantization config with the adapter: the base is reloaded unquantized
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
     base = ParrotForConditionalGeneration.from_pretrained(base_model_path, config=config, **load_kwargs)
     model = PeftModel.from_pretrained(base, adapter_path)
     try:

@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from trl import DPOConfig, SFTConfig
 
-from .._compat import CHECKPOINTING_ARG, WARMUP_RATIO_ARG
+from .._compat import training_defaults_mixin
 from .recipes import STAGE_LEARNING_RATE, bf16_available
 
 
@@ -58,34 +58,27 @@ class ParrotScriptArguments:
         "help": "MLAN: share of visual samples (0 = text only); they share batches with the text samples."})
 
 
+PAPER_WARMUP_RATIO = 0.03  # of the total steps
+
+
 def _default(name: str, default: Any) -> Any:
     """TrainingArguments' field `name` (its help and parser options) with the paper's `default`."""
     return field(default=default, metadata=TrainingArguments.__dataclass_fields__[name].metadata)
 
 
 @dataclass
-class _PaperDefaults:
-    """Defaults of every recipe of the paper; the rest is TRL's. Mixed in before TRL's config class."""
+class _PaperDefaults(training_defaults_mixin(warmup_ratio=PAPER_WARMUP_RATIO)):
+    """Defaults of every recipe of the paper (3 % warmup and activation checkpointing: `training_defaults_mixin`);
+    the rest is TRL's. Mixed in before TRL's config class."""
 
     lr_scheduler_type: SchedulerType | str = _default("lr_scheduler_type", "cosine")
-    if WARMUP_RATIO_ARG == "warmup_steps":
-        warmup_steps: float = _default("warmup_steps", 0.03)  # below 1: a ratio of the total steps
-    else:
-        warmup_ratio: float = _default("warmup_ratio", 0.03)
     num_train_epochs: float = _default("num_train_epochs", 1.0)
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (default: on when the GPU supports it, as in the paper)."})
-    if CHECKPOINTING_ARG == "activation_checkpointing":
-        # TRL turns checkpointing on under its deprecated name (a FutureWarning on every run): unset it here;
-        # __post_init__ turns `activation_checkpointing` on unless either name was given
-        gradient_checkpointing: bool | None = _default("gradient_checkpointing", None)
 
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bf16_available() and not self.fp16
-        if (CHECKPOINTING_ARG == "activation_checkpointing" and self.gradient_checkpointing is None
-                and self.activation_checkpointing is None):
-            self.activation_checkpointing = True
         super().__post_init__()
 
 

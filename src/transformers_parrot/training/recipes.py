@@ -36,6 +36,27 @@ def _parrot(model) -> nn.Module:
     raise TypeError(f"no ParrotForConditionalGeneration in {type(model).__name__}")
 
 
+def apply_stage_config(model, stage: int) -> nn.Module:
+    """Apply the stage's changes to the model's config (`STAGE_CONFIG`); returns the Parrot inside `model`."""
+    parrot = _parrot(model)
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    for key, value in STAGE_CONFIG[stage].items():
+        setattr(parrot.config, key, value)
+    return parrot
+
+
+def mark_prepared(model, stage: int) -> None:
+    """Record that `model` was set up for `stage` (`scripts.prepare_stage`); Parrot's trainers refuse a model
+    without it, so no program can skip the stage's setup and checks."""
+    _parrot(model)._parrot_training_stage = stage
+
+
+def prepared_stage(model) -> int | None:
+    """The stage `model` was set up for by `scripts.prepare_stage`, or None."""
+    return getattr(_parrot(model), "_parrot_training_stage", None)
+
+
 def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool | None = None) -> dict[str, int]:
     """Set `requires_grad` for a full-parameter stage and apply the stage's config (`STAGE_CONFIG`); returns
     parameter counts.
@@ -46,9 +67,7 @@ def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool |
     pretrained, False in stage 2 to keep it frozen (both in `parrot-demo`).
     The vision tower stays frozen in both stages unless `train_vision`.
     """
-    parrot = _parrot(model)
-    if stage not in (1, 2):
-        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    parrot = apply_stage_config(model, stage)
     trainable = ("model.multi_modal_projector.",)
     if (stage == 2) if train_llm is None else train_llm:
         trainable += ("model.language_model.", "lm_head.")
@@ -56,8 +75,6 @@ def setup_stage(model, stage: int, train_vision: bool = False, train_llm: bool |
         trainable += ("model.moe.",)
     if train_vision:
         trainable += ("model.vision_tower.",)
-    for key, value in STAGE_CONFIG[stage].items():
-        setattr(parrot.config, key, value)
     for name, parameter in parrot.named_parameters():
         parameter.requires_grad_(name.startswith(trainable))
     return count_parameters(parrot)
@@ -85,6 +102,8 @@ def lora_config_for_parrot(model_args=None, **overrides):
             kwargs["target_modules"] = model_args.lora_target_modules
         if model_args.lora_modules_to_save:
             kwargs["modules_to_save"] = list(model_args.lora_modules_to_save)
+        if model_args.lora_target_parameters:  # e.g. the stacked experts' 3-D weights
+            kwargs["target_parameters"] = list(model_args.lora_target_parameters)
     kwargs.update(overrides)
     return LoraConfig(**kwargs)
 
@@ -119,8 +138,14 @@ def build_param_groups(model, learning_rate: float, weight_decay: float, multimo
 
 class ParrotTrainerMixin:
     """What Parrot's trainers add to TRL's:
-    - a separate learning rate for projector + MoE (`multimodal_lr`), as the original's projector learning rate,
-      and one for the MoE's router (`router_lr`) (the LR scheduler scales every group by the same factor);
+    - the checks no program can skip: the model was set up by `scripts.prepare_stage`, `max_length` holds
+      `script_args.max_images_per_sample` images (`check_max_length`), and a frozen LLM gets no text-only samples
+      (`check_text_only_samples`);
+    - a separate learning rate for projector + MoE (`script_args.multimodal_lr`), as the original's projector
+      learning rate, and one for the MoE's router (`router_lr`) (the LR scheduler scales every group by the same
+      factor);
+    - with a k-bit (QLoRA) model, the fully trained copies of projector + MoE stay in the dtype of the modules
+      around them (TRL casts every trainable parameter of a quantized model to bf16, LoRA's included);
     - the model's config saved next to LoRA adapters (in the output folder and every checkpoint): the recipe changed
       it (`STAGE_CONFIG`), so the base checkpoint's config no longer describes the trained model, and
       `builder.merge_adapter_checkpoint` reads it from there;
@@ -130,9 +155,19 @@ class ParrotTrainerMixin:
     multimodal_lr: float | None = None
     router_lr: float | None = None
 
-    def _use_compact_lm_heads(self) -> None:
+    def _check_before_init(self, model, args, processing_class, script_args) -> None:
+        if prepared_stage(model) is None:
+            raise ValueError("set the model up with transformers_parrot.training.prepare_stage before building a "
+                             "Parrot trainer (trainable parameters, use_moe and the recipe's checks)")
+        self.multimodal_lr, self.router_lr = script_args.multimodal_lr, script_args.router_lr
+        check_max_length(args.max_length, processing_class.image_seq_length, script_args.max_images_per_sample)
+
+    def _after_init(self) -> None:
         from .lm_head import use_compact_lm_head
 
+        if self.train_dataset is not None:
+            check_text_only_samples(self.model, self.train_dataset)
+        keep_modules_to_save_dtype(self.model)
         for model in (self.model, getattr(self, "ref_model", None)):
             if model is not None:
                 use_compact_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -159,24 +194,55 @@ class ParrotTrainerMixin:
         return self.optimizer
 
 
+def keep_modules_to_save_dtype(model) -> int:
+    """Cast PEFT's trained copies (`modules_to_save`: projector, MoE) back to the dtype of the frozen module they
+    copy, so that they take that module's inputs; returns the number of parameters cast. LoRA's own weights are left
+    as the trainer chose (PEFT casts a LoRA layer's input to its weights' dtype)."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    cast = 0
+    for wrapper in model.modules():
+        if not isinstance(wrapper, ModulesToSaveWrapper):
+            continue
+        dtype = next((p.dtype for p in wrapper.original_module.parameters() if p.is_floating_point()), None)
+        for copy in wrapper.modules_to_save.values():
+            for parameter in copy.parameters():
+                if dtype is not None and parameter.is_floating_point() and parameter.dtype != dtype:
+                    parameter.data = parameter.data.to(dtype)
+                    cast += 1
+    return cast
+
+
 def _trainer_classes():
     from trl import DPOTrainer, SFTTrainer
 
-    class ParrotSFTTrainer(ParrotTrainerMixin, SFTTrainer):
-        """`trl.SFTTrainer` + `ParrotTrainerMixin`."""
+    from .configs import ParrotScriptArguments
 
-        def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
-            self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
-            super().__init__(*args, **kwargs)
-            self._use_compact_lm_heads()
+    class ParrotSFTTrainer(ParrotTrainerMixin, SFTTrainer):
+        """`trl.SFTTrainer` + `ParrotTrainerMixin`; `script_args` (default: `ParrotScriptArguments()`) gives the
+        learning rates of projector + MoE and router and the most images per sample."""
+
+        def __init__(self, model, args, *pos, script_args: ParrotScriptArguments | None = None, **kwargs):
+            self._check_before_init(model, args, kwargs.get("processing_class"),
+                                    script_args or ParrotScriptArguments())
+            super().__init__(model, args, *pos, **kwargs)
+            self._after_init()
 
     class ParrotDPOTrainer(ParrotTrainerMixin, DPOTrainer):
-        """`trl.DPOTrainer` + `ParrotTrainerMixin`."""
+        """`trl.DPOTrainer` + `ParrotTrainerMixin`. Without `ref_model`, the reference is the policy with its LoRA
+        adapters disabled (`peft_config`, QLoRA included) or, for full training, a frozen copy of the starting
+        model."""
 
-        def __init__(self, *args, multimodal_lr: float | None = None, router_lr: float | None = None, **kwargs):
-            self.multimodal_lr, self.router_lr = multimodal_lr, router_lr
-            super().__init__(*args, **kwargs)
-            self._use_compact_lm_heads()
+        def __init__(self, model, ref_model=None, args=None, *pos, script_args: ParrotScriptArguments | None = None,
+                     **kwargs):
+            self._check_before_init(model, args, kwargs.get("processing_class"),
+                                    script_args or ParrotScriptArguments())
+            if ref_model is None and kwargs.get("peft_config") is None and not hasattr(model, "disable_adapter"):
+                import copy
+
+                ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            super().__init__(model, ref_model, args, *pos, **kwargs)
+            self._after_init()
 
     return ParrotSFTTrainer, ParrotDPOTrainer
 
@@ -304,7 +370,8 @@ class RouterProbe:
 
 
 __all__ = [
-    "STAGE_LEARNING_RATE", "STAGE_CONFIG", "LLM_LORA_TARGETS", "bf16_available", "setup_stage",
+    "STAGE_LEARNING_RATE", "STAGE_CONFIG", "LLM_LORA_TARGETS", "bf16_available", "apply_stage_config",
+    "mark_prepared", "prepared_stage", "setup_stage", "keep_modules_to_save_dtype",
     "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotTrainerMixin",
     "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "check_text_only_samples",
     "RouterProbe",
