@@ -134,5 +134,7 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server):
         _chat(server, QUESTIONS["en"], ["data:image/png;base64,bm90IGFuIGltYWdl"])
     with pytest.raises(openai.BadRequestError, match=f"maximum context length is {MAX_MODEL_LEN}"):
         _chat(server, QUESTIONS["en"] * 200, [_data_url(image)])
+    with pytest.raises(openai.BadRequestError, match=r"1 <image> placeholder\(s\) but no image was given"):
+        _chat(server, "<image> " + QUESTIONS["en"], [])  # a literal <image> typed in a text-only message
     response = _chat(server, QUESTIONS["en"], [_data_url(image)], logprobs=True)
     _assert_matches_hf(server, response, QUESTIONS["en"], [image])
