@@ -45,8 +45,10 @@ def recipe_stage(script_args: ParrotScriptArguments, recipe: str) -> int:
     return stage
 
 
-def check_model_args(script_args: ParrotScriptArguments, training_args, model_args, recipe: str = "sft") -> None:
-    """Refuse every combination of the scripts' flags the recipe cannot honour, before anything is loaded."""
+def check_model_args(script_args: ParrotScriptArguments, training_args, model_args, recipe: str = "sft",
+                     in_memory: bool = False) -> None:
+    """Refuse every combination of the scripts' flags the recipe cannot honour, before anything is loaded.
+    `in_memory`: the model is given (not loaded from `--model_name_or_path` or built from parts)."""
     stage = recipe_stage(script_args, recipe)
     defaults = {f.name: f.default for f in fields(model_args)}
 
@@ -70,7 +72,7 @@ def check_model_args(script_args: ParrotScriptArguments, training_args, model_ar
         if model_args.model_revision not in (None, "main"):
             raise ValueError("--model_revision applies to --model_name_or_path; a fresh build (--vision_model, "
                              "--llm_model) loads each part's default revision")
-    elif not model_args.model_name_or_path:
+    elif not (model_args.model_name_or_path or in_memory):
         raise ValueError("pass --model_name_or_path (a Parrot checkpoint) or --vision_model and --llm_model")
     elif getattr(training_args, "trust_remote_code", False):
         raise ValueError("--trust_remote_code: a Parrot checkpoint loads with this package's classes and never runs "
@@ -149,7 +151,7 @@ def prepare_stage(model, script_args: ParrotScriptArguments, training_args, mode
     freezes the rest); a k-bit model is prepared for training first (`peft.prepare_model_for_kbit_training`:
     frozen, unquantized weights in float32; activation checkpointing stays the trainer's `--activation_checkpointing`).
     """
-    check_model_args(script_args, training_args, model_args, recipe)
+    check_model_args(script_args, training_args, model_args, recipe, in_memory=True)
     stage = recipe_stage(script_args, recipe)
     changes = {"learning_rate": STAGE_LEARNING_RATE[stage]} if training_args.learning_rate is None else {}
     if hasattr(training_args, "dataset_kwargs"):  # SFT: Parrot's rows are already in the collator's schema
