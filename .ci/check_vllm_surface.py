@@ -280,7 +280,7 @@ def check(source: Source, plugin: Path) -> list[tuple[bool, str]]:
     results: list[tuple[bool, str]] = []
     modules = read_plugin(plugin)
     for module in modules:
-        for local, (vllm_module, name) in sorted(module.vllm_imports.items()):
+        for vllm_module, name in sorted(module.vllm_imports.values()):
             what = f"{vllm_module}.{name}" if name else vllm_module
             if not name:
                 ok = source.file_of(vllm_module) is not None
