@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import threading
 import urllib.error
@@ -59,6 +60,15 @@ class Settings:
     temperature: float = 0.0
     top_p: float = 1.0
 
+    def check(self) -> None:
+        """Raise ChatInputError naming the first setting generation cannot use."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ChatInputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ChatInputError(f"temperature must be a finite number >= 0, got {self.temperature!r}.")
+        if self.temperature > 0 and not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ChatInputError(f"top_p must be in (0, 1] when sampling, got {self.top_p!r}.")
+
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -85,6 +95,8 @@ def load_image(path: str):
         size = os.path.getsize(path)
     except OSError as err:
         raise ChatInputError(f"The uploaded file {name!r} cannot be read ({err.strerror}).") from None
+    if not os.path.isfile(path):
+        raise ChatInputError(f"The upload {name!r} cannot be read: it is not a file.")
     if size > MAX_IMAGE_BYTES:
         raise ChatInputError(f"The image {name!r} is {size / 2**20:.1f} MB; the limit is "
                              f"{MAX_IMAGE_BYTES / 2**20:.0f} MB.")
@@ -203,7 +215,7 @@ class LocalBackend:
                 images.append(turn.image)
             messages.append({"role": "user", "content": content})
             if turn.answer is not None:
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": self._clean(turn.answer)}]})
         return messages, images
 
     def prepare(self, turns: list[Turn]):
@@ -244,6 +256,7 @@ class LocalBackend:
                stop: threading.Event) -> Iterator[Reply]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        settings.check()
         inputs = self.prepare(_completed(history) + [turn])
         room = self.context_length - inputs["input_ids"].shape[1]
         max_new = max(1, min(int(settings.max_new_tokens), room))
@@ -335,6 +348,7 @@ class ServerBackend:
 
     def stream(self, history: list[Turn], turn: Turn, settings: Settings,
                stop: threading.Event) -> Iterator[Reply]:
+        settings.check()
         payload = {"model": self.model_id(), "messages": self.messages(_completed(history) + [turn]),
                    "stream": True, "max_tokens": int(settings.max_new_tokens),
                    "temperature": max(0.0, float(settings.temperature))}
