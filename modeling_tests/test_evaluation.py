@@ -447,11 +447,16 @@ def test_cli_main(tmp_path, data_dir, monkeypatch, capsys):
                         "--data-dir", str(data_dir), "--output", str(out), "--batch-size", "2",
                         "--max-new-tokens", "16", "--dtype", "float32", "--device", "cpu", "--no-progress", "-q"])
     assert rc == 0
-    assert seen == {"model": "fake/model", "dtype": "float32", "device": "cpu", "trust_remote_code": False,
-                    "max_new_tokens": 16}
+    assert seen == {"model": "fake/model", "backend": "hf", "dtype": "float32", "device": "cpu",
+                    "trust_remote_code": False, "max_new_tokens": 16}
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {l: r["overall"] for l, r in res["mmmb"].items()} == {"en": 50.0, "zh": 25.0, "ar": 75.0}
-    assert "mmmb: en 50.00, zh 25.00, ar 75.00" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["mmmb en: accuracy 50.00 % (4 questions, 1 skipped)",
+                         "mmmb zh: accuracy 25.00 % (4 questions, 1 skipped)",
+                         "mmmb ar: accuracy 75.00 % (4 questions, 1 skipped)"]
+    assert lines[3].startswith("written: ") and f"{out / 'results.json'}, " in lines[3]
+    assert all(Path(p).is_file() for p in lines[3].removeprefix("written: ").split(", "))
 
     rc = eval_cli.main(["--model", "x", "--benchmark", str(tmp_path / "missing_en.tsv"), "--output", str(out)])
     assert rc == 2 and "missing_en.tsv" in capsys.readouterr().err
@@ -459,10 +464,20 @@ def test_cli_main(tmp_path, data_dir, monkeypatch, capsys):
     assert rc == 2 and "unknown language" in capsys.readouterr().err
 
 
-def test_console_script_entry_point():
-    from transformers_parrot import cli
+def test_console_script_entry_point(monkeypatch, capsys):
+    """`parrot-eval` (pyproject's entry point) and `python -m transformers_parrot.evaluation` reach the parser."""
+    import importlib.metadata
+    import runpy
 
-    assert callable(cli.eval_main)
+    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "parrot-eval"]
+    monkeypatch.setattr("sys.argv", ["parrot-eval", "--version-of-nothing"])
+    with pytest.raises(SystemExit) as exit_info:
+        entry.load()()
+    assert exit_info.value.code == 2 and "--model" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["python -m transformers_parrot.evaluation", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("transformers_parrot.evaluation", run_name="__main__")
+    assert exit_info.value.code == 0 and "--tensor_parallel_size" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------------

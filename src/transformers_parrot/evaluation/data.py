@@ -17,9 +17,9 @@ import io
 import os
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from transformers.utils.logging import get_logger
 

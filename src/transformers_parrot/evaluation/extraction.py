@@ -14,7 +14,7 @@ the same way (the option-text step is skipped for those predictions too).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 STRIP_CHARS = ".()[],:;!*#{}"
 _TRANSLATION = str.maketrans({c: " " for c in STRIP_CHARS})

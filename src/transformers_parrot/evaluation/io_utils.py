@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from transformers.utils.logging import get_logger
 
@@ -85,7 +85,7 @@ class PredictionStore:
             return
         good_lines: list[str] = []
         dropped = 0
-        with open(self.path, "r", encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from transformers.utils.logging import get_logger
+
+from ..processing_parrot import IMAGE_TOKEN
 from .data import normalize_language
+
+logger = get_logger(__name__)
 
 # The language-specific instruction appended after the options (preceded by a newline).
 INSTRUCTIONS: dict[str, str] = {
@@ -46,3 +53,26 @@ def build_prompt(
 def build_sample_prompt(sample) -> str:
     """Prompt for a :class:`~transformers_parrot.evaluation.data.Sample`."""
     return build_prompt(sample.question, sample.options, sample.language, sample.hint)
+
+
+@dataclass
+class PromptItem:
+    """One generation request: an RGB image, the full question prompt, its language and row index."""
+
+    image: Any
+    prompt: str
+    language: str
+    index: int = -1
+
+
+def chat_text(processor, prompt: str) -> str:
+    """The text a model is prompted with: the processor's chat template over one user turn ``[image, prompt]`` with
+    the generation prompt (``"<image>\\n{prompt}"`` when the processor has no usable template). Every backend sends
+    exactly this text."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    try:
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except (ValueError, AttributeError, TypeError) as e:
+        image_token = getattr(processor, "image_token", None) or IMAGE_TOKEN
+        logger.warning("processor has no usable chat template (%s); using '%s\\n{prompt}'", e, image_token)
+        return f"{image_token}\n{prompt}"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from transformers.utils.logging import get_logger
 
-from ..cli import torch_dtype as resolve_dtype
-from ..processing_parrot import IMAGE_TOKEN
+from ..cli_utils import torch_dtype as resolve_dtype
 from .data import (
     BENCHMARKS,
     LANGUAGES,
@@ -25,17 +25,24 @@ from .data import (
     parse_languages,
     resolve_benchmark_file,
 )
+from .distributed import RankContext, launched_local_rank, launched_world_size
 from .extraction import extract_choice
 from .io_utils import PredictionStore, atomic_write_json
-from .prompts import build_sample_prompt
+from .progress import RunProgress
+from .prompts import PromptItem, build_sample_prompt, chat_text
 from .scoring import score_benchmark
+from .vllm_predictor import VLLMPredictor
 
 logger = get_logger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
+RANK_PREDICTIONS_PATTERN = "predictions.rank{rank}.jsonl"
+"""Where rank ``rank`` of a data parallel run appends its rows; rank 0 merges them into PREDICTIONS_FILE."""
 RESULTS_FILE = "results.json"
 SKIPPED_FILE = "skipped.json"
 CONFIG_FILE = "eval_config.json"
+BACKENDS = ("hf", "vllm")
+DEFAULT_BATCH_SIZE = 8
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -43,14 +50,9 @@ CONFIG_FILE = "eval_config.json"
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PromptItem:
-    """One generation request: an RGB image, the full question prompt, its language and row index."""
-
-    image: Any
-    prompt: str
-    language: str
-    index: int = -1
+class EvaluationConfigError(RuntimeError):
+    """A configuration that cannot run: options that exclude each other, or an output folder holding predictions
+    made with a different configuration."""
 
 
 @runtime_checkable
@@ -94,13 +96,7 @@ class TransformersPredictor:
         return getattr(self.processor, "tokenizer", self.processor)
 
     def chat_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        try:
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except (ValueError, AttributeError, TypeError) as e:
-            image_token = getattr(self.processor, "image_token", None) or IMAGE_TOKEN
-            logger.warning("processor has no usable chat template (%s); using '%s\\n{prompt}'", e, image_token)
-            return f"{image_token}\n{prompt}"
+        return chat_text(self.processor, prompt)
 
     def _inputs(self, texts: list[str], images: list):
         try:
@@ -147,13 +143,21 @@ class TransformersPredictor:
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    if device in (None, "auto"):
-        try:
-            import torch
+    """The device this process runs on: ``auto`` is CUDA when there is one, else CPU. Under a launcher with several
+    processes, ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` (one GPU per process)."""
+    import torch
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except Exception:  # pragma: no cover
-            return "cpu"
+    several = launched_world_size() > 1
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if several and device.startswith("cuda"):
+        if device != "cuda":
+            raise EvaluationConfigError(
+                f"--device {device} would put all {launched_world_size()} processes on one GPU; use --device cuda "
+                "(or auto): each process takes cuda:LOCAL_RANK"
+            )
+        device = f"cuda:{launched_local_rank()}"
+        torch.cuda.set_device(device)
     return device
 
 
@@ -163,19 +167,44 @@ def load_model_and_processor(
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    quantization_config: Any = None,
 ):
-    """Load ``(model, processor)`` with the Auto classes (this package registers Parrot with them)."""
+    """Load ``(model, processor)`` with the Auto classes (this package registers Parrot with them).
+
+    ``device_map="auto"``: accelerate places the model across the visible GPUs (``device`` must stay ``auto``).
+    ``quantization_config`` (e.g. a ``BitsAndBytesConfig``): quantized loading onto ``device``.
+    """
     import transformers
 
+    if device_map is not None:
+        if device_map != "auto":
+            raise EvaluationConfigError(f"--device_map takes 'auto' only, got {device_map!r}")
+        if device not in (None, "auto"):
+            raise EvaluationConfigError("--device_map auto places the model itself: leave out --device")
+        if launched_world_size() > 1:
+            raise EvaluationConfigError(
+                "--device_map auto spreads one model over all visible GPUs, which data parallel processes would share: "
+                "run one process with --device_map auto, or one process per GPU without it"
+            )
     torch_dtype = resolve_dtype(dtype or "auto")
     processor = transformers.AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    placed = device_map is not None or quantization_config is not None
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
+    else:
+        device = resolve_device(device)
+        if quantization_config is not None:
+            load_kwargs["device_map"] = {"": device}  # quantized weights are made on their device, never moved
+    if quantization_config is not None:
+        load_kwargs["quantization_config"] = quantization_config
     try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(
-            model_id, trust_remote_code=trust_remote_code, dtype=torch_dtype
-        )
+        model = transformers.AutoModelForImageTextToText.from_pretrained(model_id, **load_kwargs)
     except ValueError as error:  # config not mapped to an image-text-to-text class
         raise ValueError(f"cannot load {model_id!r} as an image-text-to-text model: {error}") from error
-    model.to(resolve_device(device))
+    if not placed:
+        model.to(device)
     model.eval()
     return model, processor
 
@@ -183,13 +212,30 @@ def load_model_and_processor(
 def load_predictor(
     model_id: str,
     *,
+    backend: str = "hf",
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
     max_new_tokens: int = 512,
-) -> TransformersPredictor:
+    **backend_kwargs: Any,
+) -> Predictor:
+    """A predictor for a saved model: ``hf`` (:class:`TransformersPredictor`; ``device_map``,
+    ``quantization_config``) or ``vllm`` (:class:`VLLMPredictor`; ``tensor_parallel_size``, ``max_model_len``,
+    ``gpu_memory_utilization`` and other ``vllm.LLM`` arguments)."""
+    if backend not in BACKENDS:
+        raise EvaluationConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+    if backend == "vllm":
+        if launched_world_size() > 1:
+            raise EvaluationConfigError(
+                "--backend vllm runs as one process that drives its own devices: start it without torchrun/accelerate "
+                "and use --tensor_parallel_size N to use N GPUs"
+            )
+        if device not in (None, "auto"):
+            raise EvaluationConfigError("--backend vllm picks its devices itself: leave out --device")
+        return VLLMPredictor(model_id, max_new_tokens=max_new_tokens, dtype=dtype, trust_remote_code=trust_remote_code,
+                             **backend_kwargs)
     model, processor = load_model_and_processor(
-        model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **backend_kwargs
     )
     return TransformersPredictor(model, processor, max_new_tokens=max_new_tokens, name=str(model_id))
 
@@ -281,10 +327,6 @@ def prepare_benchmark(
 # --------------------------------------------------------------------------------------------------------------
 
 
-class EvaluationConfigError(RuntimeError):
-    """The output folder holds predictions made with a different configuration."""
-
-
 def make_record(benchmark: str, sample: Sample, prediction: str) -> dict:
     choice = extract_choice(prediction, sample.options)
     return {
@@ -309,10 +351,10 @@ def _check_config(output_dir: Path, config: dict, overwrite: bool) -> None:
     path = output_dir / CONFIG_FILE
     preds = output_dir / PREDICTIONS_FILE
     if overwrite:
-        for p in (preds, output_dir / RESULTS_FILE, output_dir / SKIPPED_FILE):
+        for p in (preds, output_dir / RESULTS_FILE, output_dir / SKIPPED_FILE, *_rank_files(output_dir)):
             if p.exists():
                 p.unlink()
-    elif path.exists() and preds.exists():
+    elif path.exists() and (preds.exists() or _rank_files(output_dir)):
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
@@ -327,116 +369,71 @@ def _check_config(output_dir: Path, config: dict, overwrite: bool) -> None:
     atomic_write_json(path, config)
 
 
-def evaluate(
-    model=None,
-    processor=None,
-    *,
-    predictor: Predictor | None = None,
-    predict_fn: Callable[[list[tuple]], Sequence[str]] | None = None,
-    benchmark: str | Sequence[str] = "mmmb",
-    languages: str | Iterable[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    output_dir: str | os.PathLike = "parrot_eval_output",
-    batch_size: int = 8,
-    max_new_tokens: int = 512,
-    limit: int | None = None,
-    model_name: str | None = None,
-    circular: bool | None = None,
-    download: bool = True,
-    progress: bool = True,
-    overwrite: bool = False,
-    write_reports: bool = True,
-) -> dict:
-    """Evaluate a model on MMMB / multilingual MMBench / a VLMEvalKit multiple-choice TSV.
+def _rank_files(output_dir: Path) -> list[Path]:
+    """Per-rank prediction files present in the folder (left by a data parallel run, of any number of ranks)."""
+    return sorted(output_dir.glob(RANK_PREDICTIONS_PATTERN.format(rank="*")))
 
-    The model side is one of: ``model`` + ``processor`` (transformers objects, wrapped in
-    :class:`TransformersPredictor`), a :class:`Predictor`, or a ``predict_fn(list of (image, prompt, language))
-    -> list[str]``. ``benchmark`` may be a name, a TSV path, a :class:`BenchmarkData` from :func:`prepare_benchmark`, or a
-    list of them.
 
-    Predictions are appended (fsynced) to ``{output_dir}/predictions.jsonl`` after every batch; rerunning the
-    same call skips rows already predicted. Returns the results dict
-    ``{benchmark: {language: {"overall", "category", "l2-category", "n", "skipped", ...}}}`` (percent) for the
-    benchmarks of this call; ``results.json`` in the folder also keeps benchmarks evaluated earlier there.
-    """
-    given = sum(x is not None for x in (predictor, predict_fn)) + (model is not None)
-    if given != 1:
-        raise ValueError("pass exactly one of: model (+ processor), predictor, predict_fn")
-    if model is not None:
-        if processor is None:
-            raise ValueError("a processor is needed with a model")
-        predictor = TransformersPredictor(model, processor, max_new_tokens=max_new_tokens, name=model_name)
-    elif predict_fn is not None:
-        predictor = FunctionPredictor(predict_fn, name=model_name or "custom")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    name = model_name or getattr(predictor, "name", None) or type(predictor).__name__
+def _merge_rank_files(store: PredictionStore, output_dir: Path) -> None:
+    """Move the rows of every per-rank file into ``store`` (fsynced), then delete those files."""
+    for path in _rank_files(output_dir):
+        rank_store = PredictionStore(path)
+        store.append(r for k, r in rank_store.records.items() if k not in store)
+        path.unlink()
 
-    benchmarks = [benchmark] if isinstance(benchmark, (str, os.PathLike, BenchmarkData)) else list(benchmark)
-    # Load (and validate) all data before touching the output folder or the model.
-    datas = [
-        b if isinstance(b, BenchmarkData)
-        else prepare_benchmark(str(b), languages, data_dir, limit=limit, circular=circular, download=download)
-        for b in benchmarks
-    ]
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_config(output_dir, {"model": str(name), "max_new_tokens": int(max_new_tokens)}, overwrite)
-    store = PredictionStore(output_dir / PREDICTIONS_FILE)
+def _prompt_items(samples: Iterable[Sample], bad: list[BadRow]) -> Iterator[tuple[Sample, PromptItem]]:
+    """``(sample, prompt item)`` with the image loaded; a row whose image fails to load goes to ``bad`` instead."""
+    for s in samples:
+        try:
+            image = s.load_image()
+        except Exception as e:
+            reason = f"image cannot be loaded ({type(e).__name__}: {e})"
+            logger.warning("skipping row index=%s (%s): %s", s.index, s.language, reason)
+            bad.append(BadRow(s.index, s.language, reason, s.source))
+            continue
+        yield s, PromptItem(image, build_sample_prompt(s), s.language, s.index)
 
-    try:
-        from tqdm.auto import tqdm
-    except Exception:  # pragma: no cover
-        tqdm = None
 
+def _predict_rows(predictor, name: str, samples: list[Sample], batch_size: int, store: PredictionStore,
+                  progress: RunProgress) -> list[BadRow]:
+    """Predict ``samples`` into ``store``; returns the rows whose image failed to load."""
+    bad: list[BadRow] = []
+    stream = getattr(predictor, "predict_stream", None)
+    if stream is not None:  # the engine schedules the requests itself: feed it every row, save each answer when done
+        by_key: dict[tuple, Sample] = {}
+
+        def items() -> Iterator[PromptItem]:
+            for s, item in _prompt_items(samples, bad):
+                by_key[(item.language, item.index)] = s
+                yield item
+
+        seen_bad = 0
+        for finished in stream(items()):
+            store.append(make_record(name, by_key.pop((it.language, it.index)), "" if o is None else str(o))
+                         for it, o in finished)
+            progress.advance(len(finished) + len(bad) - seen_bad)
+            seen_bad = len(bad)
+        progress.advance(len(bad) - seen_bad)
+        return bad
+    for batch in _batches(samples, batch_size):
+        pairs = list(_prompt_items(batch, bad))
+        if pairs:
+            outputs = predictor.predict([item for _, item in pairs])
+            if len(outputs) != len(pairs):
+                raise RuntimeError(f"predictor returned {len(outputs)} answers for a batch of {len(pairs)} prompts")
+            store.append(make_record(name, s, "" if o is None else str(o)) for (s, _), o in zip(pairs, outputs))
+        progress.advance(len(batch))
+    return bad
+
+
+def _score(datas: list[BenchmarkData], store: PredictionStore, runtime_bad: list[list[BadRow]]):
+    """Results, skipped-row report and the canonically ordered records of every benchmark of the call."""
     results: dict[str, dict] = {}
     skipped_report: dict[str, list[dict]] = {}
     ordered_records: list[dict] = []
-    bar = None  # one progress bar (with its ETA) for every file and language of this call
-    if tqdm is not None and progress:
-        names = sorted({data.name for data in datas})
-        bar = tqdm(total=sum(len(data.samples) for data in datas), desc=names[0] if len(names) == 1 else "evaluate",
-                   unit="q", dynamic_ncols=True)
-    for data in datas:
-        runtime_bad: list[BadRow] = []
-        todo = [s for s in data.samples if (data.name, s.language, s.index) not in store]
-        done = len(data.samples) - len(todo)
-        if done:
-            logger.info("%s: %d of %d rows already predicted in %s", data.name, done, len(data.samples), output_dir)
-        if bar is not None:
-            bar.update(done)
-        try:
-            for batch in _batches(todo, batch_size):
-                items: list[PromptItem] = []
-                kept: list[Sample] = []
-                for s in batch:
-                    try:
-                        image = s.load_image()
-                    except Exception as e:
-                        reason = f"image cannot be loaded ({type(e).__name__}: {e})"
-                        logger.warning("skipping row index=%s (%s): %s", s.index, s.language, reason)
-                        runtime_bad.append(BadRow(s.index, s.language, reason, s.source))
-                        continue
-                    items.append(PromptItem(image, build_sample_prompt(s), s.language, s.index))
-                    kept.append(s)
-                if items:
-                    outputs = predictor.predict(items)
-                    if len(outputs) != len(items):
-                        raise RuntimeError(
-                            f"predictor returned {len(outputs)} answers for a batch of {len(items)} prompts"
-                        )
-                    store.append(
-                        make_record(data.name, s, "" if o is None else str(o)) for s, o in zip(kept, outputs)
-                    )
-                if bar is not None:
-                    bar.update(len(batch))
-        except BaseException:
-            if bar is not None:
-                bar.close()
-            raise
-
-        bad_keys = {(b.language, b.index) for b in runtime_bad}
+    for data, bad_now in zip(datas, runtime_bad):
+        bad_keys = {(b.language, b.index) for b in bad_now}
         records = []
         for s in data.samples:
             if (s.language, s.index) in bad_keys:
@@ -445,7 +442,7 @@ def evaluate(
             # Re-derive choice/hit from the raw text so the scoring always follows the current rules.
             records.append(make_record(data.name, s, stored["prediction"]))
         ordered_records += records
-        all_bad = list(data.bad_rows) + runtime_bad
+        all_bad = list(data.bad_rows) + list(bad_now)
         skipped_counts: dict[str, int] = {}
         for b in all_bad:
             if b.language in LANGUAGES:
@@ -463,12 +460,123 @@ def evaluate(
                 ", ".join(f"{b.language}:{b.index} ({b.reason})" for b in all_bad[:20])
                 + (" ..." if len(all_bad) > 20 else ""),
             )
+    return results, skipped_report, ordered_records
 
-    if bar is not None:
+
+def evaluate(
+    model=None,
+    processor=None,
+    *,
+    predictor: Predictor | None = None,
+    predict_fn: Callable[[list[tuple]], Sequence[str]] | None = None,
+    backend: str = "hf",
+    benchmark: str | Sequence[str] = "mmmb",
+    languages: str | Iterable[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike = "parrot_eval_output",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = 512,
+    limit: int | None = None,
+    model_name: str | None = None,
+    circular: bool | None = None,
+    download: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+    write_reports: bool = True,
+) -> dict:
+    """Evaluate a model on MMMB / multilingual MMBench / a VLMEvalKit multiple-choice TSV.
+
+    The model side is one of: ``model`` + ``processor`` (transformers objects, wrapped in
+    :class:`TransformersPredictor`), ``model`` as a folder or Hub id (loaded for ``backend`` ``"hf"`` or
+    ``"vllm"``), a :class:`Predictor` (e.g. :class:`VLLMPredictor`), or a ``predict_fn(list of (image, prompt,
+    language)) -> list[str]``. ``benchmark`` may be a name, a TSV path, a :class:`BenchmarkData` from
+    :func:`prepare_benchmark`, or a list of them. ``batch_size`` is the ``generate`` batch of predictors without
+    their own scheduler; a predictor with ``predict_stream`` (vLLM) gets every row as one stream.
+
+    Predictions are appended (fsynced) to ``{output_dir}/predictions.jsonl`` as they are made; rerunning the
+    same call skips rows already predicted. Launched as N processes (``torchrun``, ``accelerate launch``), each
+    process predicts every N-th pending row into ``predictions.rank{r}.jsonl``; rank 0 merges them into
+    ``predictions.jsonl`` and scores once every rank finished, and every rank returns the results.
+    Returns ``{benchmark: {language: {"overall", "category", "l2-category", "n", "skipped", ...}}}`` (percent) for the
+    benchmarks of this call; ``results.json`` in the folder also keeps benchmarks evaluated earlier there.
+    """
+    given = sum(x is not None for x in (predictor, predict_fn)) + (model is not None)
+    if given != 1:
+        raise ValueError("pass exactly one of: model (+ processor), predictor, predict_fn")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+    if backend != "hf" and (predictor is not None or predict_fn is not None or not isinstance(model, (str, os.PathLike))):
+        raise ValueError(f"backend={backend!r} loads a model folder or Hub id: pass model='path/or/id'")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+
+    benchmarks = [benchmark] if isinstance(benchmark, (str, os.PathLike, BenchmarkData)) else list(benchmark)
+    # Load (and validate) all data before touching the output folder or the model.
+    datas = [
+        b if isinstance(b, BenchmarkData)
+        else prepare_benchmark(str(b), languages, data_dir, limit=limit, circular=circular, download=download)
+        for b in benchmarks
+    ]
+    if isinstance(model, (str, os.PathLike)):
+        predictor = load_predictor(str(model), backend=backend, max_new_tokens=max_new_tokens)
+    elif model is not None:
+        if processor is None:
+            raise ValueError("a processor is needed with a model")
+        predictor = TransformersPredictor(model, processor, max_new_tokens=max_new_tokens, name=model_name)
+    elif predict_fn is not None:
+        predictor = FunctionPredictor(predict_fn, name=model_name or "custom")
+    name = model_name or getattr(predictor, "name", None) or type(predictor).__name__
+
+    ranks = RankContext.from_environment()
+    try:
+        return _run(predictor, datas, ranks, Path(output_dir), str(name), batch_size, max_new_tokens, progress,
+                    overwrite, write_reports)
+    finally:
+        ranks.close()
+
+
+def _run(predictor, datas: list[BenchmarkData], ranks: RankContext, output_dir: Path, name: str, batch_size: int,
+         max_new_tokens: int, progress: bool, overwrite: bool, write_reports: bool) -> dict:
+    main_path = output_dir / PREDICTIONS_FILE
+    if ranks.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _check_config(output_dir, {"model": name, "max_new_tokens": int(max_new_tokens)}, overwrite)
+        _merge_rank_files(PredictionStore(main_path), output_dir)  # rows of an interrupted data parallel run
+    ranks.wait_for_all()
+    done = PredictionStore(main_path)  # read only past this point until every rank finished
+    if ranks.distributed:
+        own = PredictionStore(output_dir / RANK_PREDICTIONS_PATTERN.format(rank=ranks.rank))
+        others = [output_dir / RANK_PREDICTIONS_PATTERN.format(rank=r) for r in range(ranks.world_size)
+                  if r != ranks.rank]
+    else:
+        own, others = done, []
+
+    todo = [[s for s in data.samples if (data.name, s.language, s.index) not in done] for data in datas]
+    total = sum(len(data.samples) for data in datas)
+    already = total - sum(len(t) for t in todo)
+    if already:
+        logger.info("%d of %d rows already predicted in %s", already, total, output_dir)
+    names = sorted({data.name for data in datas})
+    bar = RunProgress(total, already, names[0] if len(names) == 1 else "evaluate", progress and ranks.is_main, others)
+    try:
+        runtime_bad = [
+            _predict_rows(predictor, data.name, rows[ranks.rank :: ranks.world_size], batch_size, own, bar)
+            for data, rows in zip(datas, todo)
+        ]
+        ranks.wait_for_all(poll=bar.refresh)
+    finally:
         bar.close()
-    store.finalize(ordered_records)
-    if write_reports:
-        from .report import write_reports as _write_reports
 
-        _write_reports(output_dir, results, skipped=skipped_report, model_name=str(name))
-    return results
+    every_bad = ranks.gather(runtime_bad)
+    runtime_bad = [[b for rank_bad in every_bad for b in rank_bad[i]] for i in range(len(datas))]
+    results = None
+    if ranks.is_main:
+        store = PredictionStore(main_path)
+        _merge_rank_files(store, output_dir)
+        results, skipped_report, ordered_records = _score(datas, store, runtime_bad)
+        store.finalize(ordered_records)
+        if write_reports:
+            from .report import write_reports as _write_reports
+
+            _write_reports(output_dir, results, skipped=skipped_report, model_name=name)
+    return ranks.broadcast_from_main(results)

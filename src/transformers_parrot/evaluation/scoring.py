@@ -9,7 +9,7 @@ original ordering).
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from .data import CIRCULAR_MODULUS, LANGUAGES
 
@@ -26,7 +26,7 @@ def question_units(records: Iterable[Mapping], circular: bool) -> list[dict]:
             {"hit": bool(r["hit"]), "category": r.get("category"), "l2-category": r.get("l2-category"), "rows": 1}
             for r in records
         ]
-    groups: "OrderedDict[int, list[Mapping]]" = OrderedDict()
+    groups: OrderedDict[int, list[Mapping]] = OrderedDict()
     for r in records:
         groups.setdefault(int(r["index"]) % CIRCULAR_MODULUS, []).append(r)
     units = []
