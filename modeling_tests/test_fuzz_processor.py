@@ -254,3 +254,11 @@ def test_truncation_never_cuts_image_tokens(processor, text, n_words, max_length
 def test_text_of_the_wrong_type(processor, text):
     result = _call(processor, text=text)
     _assert_clear(result, "text")
+
+
+def test_chat_template_refuses_unknown_roles(processor):
+    """Found by the vLLM load test: a 'wizard' turn rendered as <|im_start|>wizard and was answered."""
+    from jinja2.exceptions import TemplateError
+
+    with pytest.raises(TemplateError, match="roles are system, user and assistant, got .wizard."):
+        processor.apply_chat_template([{"role": "wizard", "content": "hi"}], tokenize=False)
