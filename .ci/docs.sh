@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:?usage: .ci/docs.sh VENV (a virtual environment with transformers-parrot installed)}
-"$VENV/bin/pip" install -q -e ".[docs]"
+# (already installed: no pip run, which could move a --no-deps transformers back to an older release)
+"$VENV/bin/python" -c "import mkdocs, material, mkdocstrings" 2>/dev/null || "$VENV/bin/pip" install -q -e ".[docs]"
 "$VENV/bin/python" utils/generate_docs.py --check
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
