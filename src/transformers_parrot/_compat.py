@@ -70,6 +70,13 @@ def tied_weights_keys(mapping: dict[str, str]) -> dict[str, str] | list[str]:
     return list(mapping) if IS_TRANSFORMERS_4 else dict(mapping)
 
 
+# `_keep_in_fp32_modules` (also the modules quantizers leave unconverted): 5.0 matches an entry from the start of a
+# module's full name, so a class lists its submodules with their path (`prefix`); 4.x matches a bare module name
+# anywhere and refuses dotted entries. Delete with 4.x support.
+def keep_in_fp32_modules(names: tuple[str, ...], prefix: str = "") -> list[str]:
+    return list(names) if IS_TRANSFORMERS_4 else [prefix + name for name in names]
+
+
 # 5.23 renamed gradient checkpointing to activation checkpointing (`TrainingArguments.activation_checkpointing`,
 # `model.activation_checkpointing_enable`); the old names warn until 6.0. Delete when the oldest supported is 5.23.
 CHECKPOINTING_ARG = (

@@ -26,6 +26,7 @@ from ._compat import (
     accept_legacy_cache_kwarg,
     init,
     init_legacy_clip_embedding,
+    keep_in_fp32_modules,
     tied_weights_keys,
     unwrap_clip_vision,
     use_kernels_kwargs,
@@ -307,6 +308,12 @@ def set_auto_map(config: ParrotConfig) -> None:
     }
 
 
+UNQUANTIZED_MODULES = ("vision_tower", "multi_modal_projector", "moe")
+"""Submodules of `ParrotModel` that quantized loading leaves in the compute dtype: the vision tower and projector
+(as LLaVA-style models keep them) and the whole MoE (router and experts), so that a quantized model routes every
+image as its checkpoint does. The LM head stays unquantized too: transformers never quantizes output embeddings."""
+
+
 class ParrotPreTrainedModel(PreTrainedModel):
     config: ParrotConfig
     config_class = ParrotConfig
@@ -315,6 +322,10 @@ class ParrotPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "Qwen2DecoderLayer", "ParrotMultilingualMoE"]
     _skip_keys_device_placement = [CACHE_KWARG]
+    # Read by every transformers quantizer (bitsandbytes, torchao, ...) as the modules not to convert. Loading in
+    # float16 (and, on transformers 4.x, with bitsandbytes) keeps them in float32: the forward runs the vision tower,
+    # projector and MoE in their own dtype.
+    _keep_in_fp32_modules = keep_in_fp32_modules(UNQUANTIZED_MODULES)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -418,11 +429,16 @@ class ParrotModel(ParrotPreTrainedModel):
         blank image through the vision tower; numerically the loss is unchanged (the gradients it adds are 0).
         """
         blank = inputs_embeds.new_zeros(1, *self._pixel_shape())
-        features = self.get_image_features(blank, return_dict=True).pooler_output.to(inputs_embeds.dtype)
+        features = self.get_image_features(blank, return_dict=True).pooler_output.to(self._moe_dtype())
         if self.config.use_moe:
             features, _ = self.moe(features, features[:, :1], features.new_ones(1, 1, dtype=torch.bool),
                                    torch.zeros(1, dtype=torch.long, device=features.device))
-        return features.sum() * 0.0
+        return features.sum().to(inputs_embeds.dtype) * 0.0
+
+    def _moe_dtype(self) -> torch.dtype:
+        """The dtype the MoE runs in: its own weights' (float32 in a model loaded in float16, which keeps
+        `_keep_in_fp32_modules` in float32), whatever the LLM's."""
+        return self.moe.gate.weight.dtype
 
     def _pixel_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one preprocessed image."""
@@ -516,13 +532,14 @@ class ParrotModel(ParrotPreTrainedModel):
                 output_hidden_states=kwargs.get("output_hidden_states"),
                 return_dict=True,
             )
-            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, self._moe_dtype())
             image_mask, image_to_sample = self.get_placeholder_mask(input_ids, inputs_embeds, image_features.shape[0])
             if self.config.use_moe:
                 guidance_mask = self.get_guidance_mask(input_ids, inputs_embeds, attention_mask, image_mask)
                 image_features, router_logits = self.moe(
-                    image_features, inputs_embeds, guidance_mask, image_to_sample
+                    image_features, inputs_embeds.to(image_features.dtype), guidance_mask, image_to_sample
                 )
+            image_features = image_features.to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
         else:
             cache = kwargs.get(CACHE_KWARG)
@@ -551,6 +568,7 @@ class ParrotForConditionalGeneration(ParrotPreTrainedModel, PixelValuesAtPrefill
     """Parrot with its LM head: image + multilingual prompt → text."""
 
     _tp_plan = {"lm_head": "colwise_gather_output"}
+    _keep_in_fp32_modules = keep_in_fp32_modules(UNQUANTIZED_MODULES, prefix="model.")
     _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.language_model.embed_tokens.weight"})
 
     def __init__(self, config: ParrotConfig):
