@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from transformers_parrot.assets import bundled_image
-from transformers_parrot.cli import DTYPE_CHOICES, torch_dtype
+from transformers_parrot.cli_utils import DTYPE_CHOICES, torch_dtype
 from transformers_parrot.routing import format_routing, routing_weights
 from transformers_parrot.tiny import tiny_model
 

@@ -744,7 +744,7 @@ def test_max_shard_size_uses_transformers_parser():
 def test_console_script_and_conversion_script():
     from importlib.metadata import entry_points
 
-    from transformers_parrot.cli import convert_main
+    from transformers_parrot.conversion.cli import main as convert_main
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "parrot-convert"]
     assert script.load() is convert_main

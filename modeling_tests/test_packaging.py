@@ -96,8 +96,9 @@ def test_wheel_holds_every_module_data_file_and_entry_point(dist):
     assert set(meta.get_all("Provides-Extra")) == set(PYPROJECT["project"]["optional-dependencies"])
     requires = meta.get_all("Requires-Dist")
     assert any(r.startswith("accelerate") and "extra ==" not in r for r in requires)
-    for script in CONSOLE_SCRIPTS:
-        assert f"{script} = transformers_parrot.cli:" in entry_points
+    for script, target in PYPROJECT["project"]["scripts"].items():
+        assert f"{script} = {target}" in entry_points
+    assert set(PYPROJECT["project"]["scripts"]) == CONSOLE_SCRIPTS
     assert "[vllm.general_plugins]" in entry_points
     assert meta.get_payload().lstrip().startswith("# transformers-parrot")  # the README is the long description
 

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from .cli import add_flag
+from .cli_utils import add_flag
 
 QUANT_EXTRA_HINT = 'pip install "transformers-parrot[quant]"'
 """How to get bitsandbytes: the `quant` extra."""

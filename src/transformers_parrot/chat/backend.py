@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 
 from transformers.utils.logging import get_logger
 
-from ..cli import torch_dtype as resolve_dtype
+from ..cli_utils import torch_dtype as resolve_dtype
 
 logger = get_logger(__name__)
 

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ..cli import DTYPE_CHOICES, add_flag
+from ..cli_utils import DTYPE_CHOICES, add_flag
 
 DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` saves its model
 

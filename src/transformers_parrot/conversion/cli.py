@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import add_flag
+from ..cli_utils import add_flag
 from .converter import convert
 from .errors import (EXIT_HUB_ERROR, EXIT_INPUT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, ConversionError,
                      PublishError)

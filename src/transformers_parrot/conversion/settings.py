@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..cli import DTYPE_CHOICES
+from ..cli_utils import DTYPE_CHOICES
 from .errors import ConversionError
 from .reading import TensorInfo, read_json
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
-from ..cli import add_flag
+from ..cli_utils import add_flag
 from .data import LANGUAGES, write_test_tsvs, write_training_data
 from .model import DemoModelConfig
 
