@@ -24,7 +24,8 @@ def evaluate_with_routing(model, processor, tsvs: dict[str, Path], weights: list
     """Held-out accuracy per language with every image routed by `weights` (None: the model's own router)."""
     import torch
 
-    from transformers_parrot.evaluation import FILE_CODES, evaluate
+    from transformers_parrot.evaluation import evaluate
+    from transformers_parrot.languages import FILE_CODES
 
     handle = None
     if weights is not None:
@@ -47,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor
-    from transformers_parrot.demo.data import LANGUAGES
-    from transformers_parrot.evaluation import FILE_CODES
+    from transformers_parrot.languages import FILE_CODES, LANGUAGES
 
     out = {"command": " ".join(["python", "benchmarks/bench_routing_ablation.py", *(argv or sys.argv[1:])]),
            "runs": []}

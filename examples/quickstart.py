@@ -18,17 +18,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from transformers_parrot.assets import bundled_image
 from transformers_parrot.cli_utils import DTYPE_CHOICES, torch_dtype
+from transformers_parrot.languages import example_questions
 from transformers_parrot.routing import format_routing, routing_weights
 from transformers_parrot.tiny import tiny_model
 
-QUESTIONS = {
-    "en": "What shapes are in the picture?",
-    "zh": "图片里有哪些形状？",
-    "pt": "Quais formas estão na imagem?",
-    "ar": "ما الأشكال الموجودة في الصورة؟",
-    "tr": "Resimde hangi şekiller var?",
-    "ru": "Какие фигуры на картинке?",
-}
+QUESTIONS = example_questions("shape")  # {language: question}, the same question in six languages
 
 
 def build_parser() -> argparse.ArgumentParser:

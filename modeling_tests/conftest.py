@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny Parrot whose routing visibly depends on the prompt, images, prompts in six languages."""
+"""pytest fixtures and hooks: the tiny tokenizer, processor and Parrot (helpers the tests import live in fixtures.py)."""
 
 from __future__ import annotations
 
@@ -7,44 +7,15 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (it reads the variable once)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-QUESTIONS = {
-    "en": "What colour is the circle?",
-    "zh": "圆圈是什么颜色？",
-    "pt": "De que cor é o círculo?",
-    "ar": "ما لون الدائرة؟",
-    "tr": "Dairenin rengi nedir?",
-    "ru": "Какого цвета круг?",
-}
+from fixtures import sharpen_routing  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "compat: also run on transformers 4.57.x (compatibility subset)")
-
-
-def make_image(seed: int = 0, size: tuple[int, int] = (40, 28)):
-    """A deterministic RGB test image."""
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
-
-
-def sharpen_routing(model) -> None:
-    """Give embeddings and the router unit-scale weights so the CLS query attends sharply and the routing weights
-    depend visibly on which tokens guide them (with the default 0.02 init every prompt routes almost uniformly)."""
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        embed = model.get_input_embeddings().weight
-        embed.copy_(torch.randn(embed.shape, generator=generator))
-        gate = model.model.moe.gate.weight
-        gate.copy_(torch.randn(gate.shape, generator=generator))
-        projector = model.model.multi_modal_projector.linear_2.weight
-        projector.copy_(torch.randn(projector.shape, generator=generator) * 0.3)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +46,6 @@ def tiny():
     model, processor = tiny_model(seed=0)
     sharpen_routing(model)
     return model.eval(), processor
-
-
-def chat(question: str, answer: str | None = None, n_images: int = 1) -> list[dict]:
-    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
 
 
 @pytest.fixture(autouse=True)

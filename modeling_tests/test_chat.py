@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from conftest import QUESTIONS, make_image, sharpen_routing
+from fixtures import QUESTIONS, make_image, sharpen_routing
 from test_conversion import clip_dir, original_tokenizer, write_original  # noqa: F401  (fixtures, for the Space)
 
 from transformers_parrot.chat.backend import (
@@ -334,7 +334,7 @@ def test_model_failure_is_reported(app, image_file, monkeypatch):
 
 
 def test_prefill_and_compare(app, image_file):
-    from transformers_parrot.chat.examples import example_questions
+    from transformers_parrot.languages import example_questions
 
     asked = [Turn(example_questions()["tr"], image_file, answer="x")]
     assert app.prefill(asked) == list(example_questions().values())

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import QUESTIONS, make_image, sharpen_routing
+from fixtures import QUESTIONS, make_image, sharpen_routing
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -186,7 +186,8 @@ def test_chinese_question_streams_with_routing_chart(served, page, artifacts, tm
 
 
 def test_arabic_example_and_language_comparison(served, page, artifacts):
-    from transformers_parrot.chat.examples import bundled_image_path, example_questions
+    from transformers_parrot.chat.examples import bundled_image_path
+    from transformers_parrot.languages import example_questions
     from transformers_parrot.routing import routing_weights
 
     _, model, processor = served

@@ -768,7 +768,7 @@ def test_auto_map_written_by_save_pretrained_and_converter_agree(converted, tmp_
 def test_card_model_index_is_the_evaluators():
     """A results.json goes through parrot-eval's own model-index builder: the card's eval results equal those of
     the model_index.json parrot-eval writes for the same results."""
-    from transformers_parrot.evaluation.data import HUB_DATASET_REPO
+    from transformers_parrot.benchmark_specs import HUB_DATASET_REPO
     from transformers_parrot.evaluation.report import model_index
     from transformers_parrot.modelcard import eval_results_from
 

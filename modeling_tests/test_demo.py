@@ -20,7 +20,6 @@ from transformers_parrot.demo import LANGUAGES, run  # noqa: E402
 from transformers_parrot.demo.data import (  # noqa: E402
     CAPTION_PROMPTS,
     KINDS,
-    QUESTIONS,
     WORDS,
     Scene,
     caption,
@@ -29,6 +28,7 @@ from transformers_parrot.demo.data import (  # noqa: E402
     write_test_tsvs,
     write_training_data,
 )
+from transformers_parrot.languages import QUESTIONS  # noqa: E402
 
 LOADER = r'''
 import json, sys

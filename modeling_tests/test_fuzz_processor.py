@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import make_image
+from fixtures import make_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

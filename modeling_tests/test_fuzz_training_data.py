@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import make_image
+from fixtures import make_image
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import QUESTIONS, chat, make_image
+from fixtures import QUESTIONS, chat, make_image
 
 import transformers
 

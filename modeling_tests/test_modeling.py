@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUESTIONS, chat, make_image, sharpen_routing
+from fixtures import QUESTIONS, chat, make_image, sharpen_routing
 
 from transformers_parrot import ParrotConfig, ParrotForConditionalGeneration
 from transformers_parrot._compat import CHECKPOINTING_ARG

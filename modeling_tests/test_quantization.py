@@ -19,7 +19,7 @@ import sys
 
 import pytest
 import torch
-from conftest import QUESTIONS, chat, make_image, sharpen_routing
+from fixtures import QUESTIONS, chat, make_image, sharpen_routing
 from torch import nn
 
 import transformers

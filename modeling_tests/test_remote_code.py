@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUESTIONS, chat, make_image
+from fixtures import QUESTIONS, chat, make_image
 
 import transformers
 
@@ -76,7 +76,7 @@ def _pythons():
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     """(model, processor) with a non-default RoPE base: transformers 5 and 4 store it differently."""
-    from conftest import sharpen_routing
+    from fixtures import sharpen_routing
 
     from transformers_parrot.tiny import tiny_model
 

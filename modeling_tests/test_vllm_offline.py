@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conftest import QUESTIONS, make_image  # noqa: E402
+from fixtures import QUESTIONS, make_image  # noqa: E402
 from vllm_parrot import (  # noqa: E402
     LOGPROB_TOLERANCE,
     MAX_NEW_TOKENS,

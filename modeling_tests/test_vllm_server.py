@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("vllm")
 openai = pytest.importorskip("openai")
 
-from conftest import QUESTIONS, make_image  # noqa: E402
+from fixtures import QUESTIONS, make_image  # noqa: E402
 from vllm_parrot import LOGPROB_TOLERANCE, MAX_NEW_TOKENS, chat_prompt, hf_greedy, save_tiny_parrot  # noqa: E402
 
 MAX_MODEL_LEN = 256

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conftest import QUESTIONS, make_image  # noqa: E402
+from fixtures import QUESTIONS, make_image  # noqa: E402
 from vllm_parrot import MAX_NEW_TOKENS, assert_same_greedy, chat_prompt, hf_greedy, save_tiny_parrot  # noqa: E402
 
 # Two ranks on one CPU machine: no core held back for the front end, one OpenMP thread bound to each core.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import chat, sharpen_routing
+from fixtures import chat, sharpen_routing
 
 # vLLM's CPU attention takes LLM head sizes 32, 64, 80, 96, 112, 128 and more: hidden 64 with 2 heads.
 TINY_VLLM_TEXT_CONFIG = {"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2,

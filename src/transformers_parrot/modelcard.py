@@ -19,8 +19,8 @@ from typing import Any, Iterable, Mapping
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from .evaluation.data import LANGUAGES, UnknownLanguageError, is_builtin_benchmark, normalize_language
-from .evaluation.report import model_index
+from .benchmark_specs import is_builtin_benchmark, model_index
+from .languages import LANGUAGES, UnknownLanguageError, normalize_language
 
 PAPER = "https://arxiv.org/abs/2406.02539"
 
@@ -28,7 +28,7 @@ PAPER = "https://arxiv.org/abs/2406.02539"
 def eval_results_from(results: str | os.PathLike | Mapping | None, model_name: str) -> list[EvalResult]:
     """EvalResults from the evaluator's ``results.json`` ({benchmark: {language: {"overall": acc, ...} or acc}}) or
     its ``model_index.json`` fragment ({"model-index": [...]}), given as a path or an already-parsed mapping.
-    A results.json goes through the evaluator's own model-index builder (`evaluation.report.model_index`)."""
+    A results.json goes through the evaluator's own model-index builder (`benchmark_specs.model_index`)."""
     if results is None:
         return []
     if not isinstance(results, Mapping):

@@ -17,6 +17,7 @@ from typing import Iterator
 import gradio as gr
 from transformers.utils.logging import get_logger
 
+from ..languages import LANGUAGE_NAMES, LANGUAGES, RTL_LANGUAGES, example_questions
 from .backend import (
     DEFAULT_CONCURRENCY,
     Backend,
@@ -28,7 +29,7 @@ from .backend import (
     load_image,
 )
 from .charts import answer_routing_html, comparison_html
-from .examples import LANGUAGE_NAMES, LANGUAGES, RTL_LANGUAGES, bundled_image_path, example_questions, translations
+from .examples import bundled_image_path, translations
 
 logger = get_logger(__name__)
 

@@ -1,5 +1,5 @@
-"""The page's one-click examples (the bundled image, one question in each of the six languages) and the
-translations used to compare an image's routing across languages."""
+"""The page's bundled example image, and the translations used to compare an image's routing across languages
+(the questions themselves live in `transformers_parrot.languages`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ import os
 import tempfile
 
 from ..assets import bundled_image
-from ..demo.data import LANGUAGES, QUESTIONS
-from ..evaluation.data import LANGUAGE_NAMES
-
-EXAMPLE_KIND = "colour"  # of the demo's questions: the bundled image shows a red circle and a blue square
-RTL_LANGUAGES = frozenset({"ar"})
-
-
-def example_questions() -> dict[str, str]:
-    """{language: question} of the one-click examples, in the paper's language order."""
-    return {lang: QUESTIONS[lang][EXAMPLE_KIND] for lang in LANGUAGES}
+from ..languages import LANGUAGES, QUESTIONS
 
 
 def translations(question: str) -> dict[str, str] | None:
@@ -40,5 +31,4 @@ def bundled_image_path(folder: str | None = None) -> str:
     return path
 
 
-__all__ = ["EXAMPLE_KIND", "LANGUAGES", "LANGUAGE_NAMES", "RTL_LANGUAGES", "bundled_image_path",
-           "example_questions", "translations"]
+__all__ = ["bundled_image_path", "translations"]

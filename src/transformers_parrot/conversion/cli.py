@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..cli_utils import add_flag
 from .converter import convert
-from .errors import (EXIT_HUB_ERROR, EXIT_INPUT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, ConversionError,
-                     PublishError)
+from .errors import EXIT_HUB_ERROR, EXIT_INPUT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, ConversionError, PublishError
 from .hub import check_push_target, push_folder
 from .settings import OUTPUT_DTYPES
 from .verification import verify

@@ -6,7 +6,8 @@
 Python: ``from transformers_parrot.demo import DemoSettings, run_demo``.
 """
 
-from .data import LANGUAGES, heldout_rows, render, write_test_tsvs, write_training_data
+from ..languages import LANGUAGES
+from .data import heldout_rows, render, write_test_tsvs, write_training_data
 from .model import DemoModelConfig, build_demo_model
 from .run import TARGET_ACCURACY, DemoSettings, build_parser, main, routing_summary, run_demo
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..evaluation.data import FILE_CODES, LANGUAGES
 from ..evaluation.prompts import build_prompt
+from ..languages import FILE_CODES, LANGUAGES, QUESTIONS
 
 KINDS = ("colour", "shape", "count", "position")
 LETTERS = "ABCD"
@@ -65,21 +65,6 @@ WORDS: dict[str, dict[str, str]] = {
            "purple": "фиолетовый", "circle": "круг", "square": "квадрат", "triangle": "треугольник",
            "star": "звезда", 1: "один", 2: "два", 3: "три", 4: "четыре",
            "left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
-}
-
-QUESTIONS: dict[str, dict[str, str]] = {
-    "en": {"colour": "What colour are the shapes in the image?", "shape": "What shape is shown in the image?",
-           "count": "How many shapes are in the image?", "position": "Where is the shape in the image?"},
-    "zh": {"colour": "图片中的形状是什么颜色？", "shape": "图片中是什么形状？", "count": "图片中有几个形状？",
-           "position": "形状在图片的哪里？"},
-    "pt": {"colour": "De que cor são as formas na imagem?", "shape": "Que forma aparece na imagem?",
-           "count": "Quantas formas há na imagem?", "position": "Onde está a forma na imagem?"},
-    "ar": {"colour": "ما لون الأشكال في الصورة؟", "shape": "ما الشكل الموجود في الصورة؟",
-           "count": "كم عدد الأشكال في الصورة؟", "position": "أين يوجد الشكل في الصورة؟"},
-    "tr": {"colour": "Resimdeki şekiller ne renk?", "shape": "Resimde hangi şekil var?",
-           "count": "Resimde kaç şekil var?", "position": "Şekil resmin neresinde?"},
-    "ru": {"colour": "Какого цвета фигуры на изображении?", "shape": "Какая фигура на изображении?",
-           "count": "Сколько фигур на изображении?", "position": "Где находится фигура на изображении?"},
 }
 
 # Short descriptions: stage 1 aligns on English ones (as the paper's captions), stage 2 has them in every language

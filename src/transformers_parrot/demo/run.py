@@ -46,7 +46,8 @@ from pathlib import Path
 from transformers.utils.logging import get_logger
 
 from ..cli_utils import add_flag
-from .data import LANGUAGES, write_test_tsvs, write_training_data
+from ..languages import LANGUAGES
+from .data import write_test_tsvs, write_training_data
 from .model import DemoModelConfig
 
 logger = get_logger(__name__)
@@ -331,7 +332,8 @@ def list_outputs(folder: Path, depth: int = 1) -> str:
 def run_demo(settings: DemoSettings) -> dict:
     """The whole demo; returns the results dict also written to ``{output}/results.json``."""
     from .. import ParrotForConditionalGeneration, ParrotProcessor
-    from ..evaluation import FILE_CODES, evaluate
+    from ..evaluation import evaluate
+    from ..languages import FILE_CODES
     from . import plots
     from .model import build_demo_model
 
@@ -490,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_languages(text: str) -> tuple[str, ...]:
     """`--languages` → language codes in the demo's order; ValueError naming the unknown ones and the valid set."""
-    from ..evaluation.data import UnknownLanguageError, normalize_language
+    from ..languages import UnknownLanguageError, normalize_language
 
     requested, unknown = [], []
     for item in (x.strip() for x in text.split(",")):

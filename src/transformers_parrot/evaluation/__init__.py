@@ -10,19 +10,9 @@ Python API::
 CLI: ``parrot-eval --model PATH_OR_ID --benchmark mmmb --output out``.
 """
 
-from .data import (
-    BENCHMARKS,
-    FILE_CODES,
-    HUB_DATASET_REPO,
-    LANGUAGES,
-    BadRow,
-    DatasetFormatError,
-    Sample,
-    UnknownLanguageError,
-    load_tsv,
-    normalize_language,
-    resolve_benchmark_file,
-)
+from ..benchmark_specs import BENCHMARKS, HUB_DATASET_REPO
+from ..languages import FILE_CODES, LANGUAGES, UnknownLanguageError, normalize_language
+from .data import BadRow, DatasetFormatError, Sample, load_tsv, resolve_benchmark_file
 from .extraction import extract_choice
 from .prompts import INSTRUCTIONS, build_prompt
 from .runner import (

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli_utils import DTYPE_CHOICES, add_flag, torch_dtype
+from ..languages import LANGUAGES, UnknownLanguageError
 from ..quantization import QuantizationSetupError, add_quantization_flags, quantization_config_from_args
 from . import runner
-from .data import LANGUAGES, DatasetFormatError, UnknownLanguageError
+from .data import DatasetFormatError
 from .distributed import launched_world_size
 from .report import MODEL_INDEX_JSON, PLOT_PNG, RESULTS_CSV, RESULTS_JSON, RESULTS_MD, SKIPPED_JSON
 from .vllm_predictor import VLLMNotAvailableError

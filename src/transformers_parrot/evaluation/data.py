@@ -23,36 +23,11 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
+from ..benchmark_specs import BENCHMARKS, HUB_DATASET_REPO
+from ..languages import FILE_CODES, LANGUAGES, UnknownLanguageError, normalize_language
+
 logger = get_logger(__name__)
 
-# Paper order of the six MMMB / multilingual MMBench languages.
-LANGUAGES: tuple[str, ...] = ("en", "zh", "pt", "ar", "tr", "ru")
-LANGUAGE_NAMES = {
-    "en": "English",
-    "zh": "Chinese",
-    "pt": "Portuguese",
-    "ar": "Arabic",
-    "tr": "Turkish",
-    "ru": "Russian",
-}
-# Code used in the released file names ("cn" is the file code for Chinese).
-FILE_CODES = {"en": "en", "zh": "cn", "pt": "pt", "ar": "ar", "tr": "tr", "ru": "ru"}
-_ALIASES = {
-    "cn": "zh",
-    "zh-cn": "zh",
-    "zh_cn": "zh",
-    "zh-hans": "zh",
-    "chinese": "zh",
-    "english": "en",
-    "portuguese": "pt",
-    "pt-br": "pt",
-    "pt_br": "pt",
-    "arabic": "ar",
-    "turkish": "tr",
-    "russian": "ru",
-}
-
-HUB_DATASET_REPO = "AIDC-AI/Parrot-dataset"
 CIRCULAR_MODULUS = 1_000_000
 OPTION_LETTERS = tuple(string.ascii_uppercase)
 REQUIRED_COLUMNS = ("index", "question", "answer")
@@ -64,21 +39,6 @@ _IMAGE_REFERENCE_MAX_LEN = 64
 
 class DatasetFormatError(ValueError):
     """A benchmark file is missing, unreadable, or does not have the required column layout."""
-
-
-class UnknownLanguageError(ValueError):
-    """A language code that is not one of the six benchmark languages."""
-
-
-def normalize_language(code: str) -> str:
-    """Map a language code (``en``, ``zh``/``cn``, ``pt``, ``ar``, ``tr``, ``ru``, some aliases) to its canonical form."""
-    key = str(code).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in LANGUAGES:
-        raise UnknownLanguageError(
-            f"unknown language code {code!r}; expected one of {', '.join(LANGUAGES)} (or 'cn' for Chinese)"
-        )
-    return key
 
 
 def parse_languages(value: Iterable[str] | str | None) -> list[str]:
@@ -120,24 +80,6 @@ def benchmark_name_from_path(path: str | os.PathLike) -> str:
     if m and language_from_filename(path) is not None and m.group("stem"):
         return m.group("stem")
     return stem
-
-
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    name: str
-    hub_template: str | None  # path inside the Hub dataset repo, with {code} = file language code
-    circular: bool
-    display_name: str
-
-
-BENCHMARKS = {
-    "mmmb": BenchmarkSpec("mmmb", "mmmb/mmmb_{code}.tsv", circular=False, display_name="MMMB"),
-    "mmbench": BenchmarkSpec("mmbench", "mmbench/mmbench_dev_{code}.tsv", circular=True, display_name="MMBench"),
-}
-
-
-def is_builtin_benchmark(name: str) -> bool:
-    return str(name).lower() in BENCHMARKS
 
 
 def default_data_dir() -> Path:

@@ -8,8 +8,8 @@ from typing import Any
 
 from transformers.utils.logging import get_logger
 
+from ..languages import normalize_language
 from ..processing_parrot import IMAGE_TOKEN
-from .data import normalize_language
 
 logger = get_logger(__name__)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
-from .data import BENCHMARKS, HUB_DATASET_REPO, LANGUAGE_NAMES, LANGUAGES
+from ..benchmark_specs import display_name, model_index
+from ..languages import LANGUAGE_NAMES, LANGUAGES
 from .io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = get_logger(__name__)
@@ -37,11 +38,6 @@ PAPER_RESULTS = {
         "mmbench": dict(zip(LANGUAGES, (65.37, 58.33, 59.02, 36.16, 43.90, 56.95))),
     },
 }
-
-
-def display_name(benchmark: str) -> str:
-    spec = BENCHMARKS.get(benchmark.lower())
-    return spec.display_name if spec else benchmark
 
 
 def _lang_order(langs) -> list[str]:
@@ -156,32 +152,6 @@ def plot_png(results: Mapping, model_name: str = "model") -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
-
-
-def model_index(results: Mapping, model_name: str = "model") -> dict:
-    """A Hub model-card ``model-index`` fragment (one entry per benchmark and language)."""
-    entries = []
-    for b, per_lang in results.items():
-        builtin = b in BENCHMARKS
-        for l, r in per_lang.items():
-            dataset = {"name": f"{display_name(b)} ({l})", "type": HUB_DATASET_REPO if builtin else b}
-            if builtin:
-                dataset["config"] = b
-                dataset["split"] = l
-            entries.append(
-                {
-                    "task": {"type": "visual-question-answering", "name": "Multilingual multiple-choice VQA"},
-                    "dataset": dataset,
-                    "metrics": [
-                        {
-                            "type": "accuracy",
-                            "value": round(float(r["overall"]), 2),
-                            "name": "Accuracy (circular)" if r.get("circular") else "Accuracy",
-                        }
-                    ],
-                }
-            )
-    return {"model-index": [{"name": model_name, "results": entries}]}
 
 
 def write_reports(

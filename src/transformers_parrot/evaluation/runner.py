@@ -11,15 +11,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from transformers.utils.logging import get_logger
 
+from ..benchmark_specs import BENCHMARKS, is_builtin_benchmark
 from ..cli_utils import torch_dtype as resolve_dtype
+from ..languages import LANGUAGES
 from .data import (
-    BENCHMARKS,
-    LANGUAGES,
     BadRow,
     DatasetFormatError,
     Sample,
     benchmark_name_from_path,
-    is_builtin_benchmark,
     language_from_filename,
     load_tsv,
     parse_languages,
