@@ -23,8 +23,8 @@ from fixtures import QUESTIONS, chat, make_image, sharpen_routing
 from torch import nn
 
 import transformers
-from transformers_parrot._compat import IS_TRANSFORMERS_4
-from transformers_parrot.modeling_parrot import UNQUANTIZED_MODULES
+from transformers_parrot.models.parrot._compat import IS_TRANSFORMERS_4
+from transformers_parrot.models.parrot.modeling_parrot import UNQUANTIZED_MODULES
 from transformers_parrot.quantization import (
     QuantizationSetupError,
     add_quantization_flags,
@@ -108,6 +108,23 @@ def references(saved):
     return {dtype: _run(_load(folder, dtype), batch, dtype, generate=True) for dtype in (torch.float32, torch.bfloat16)}
 
 
+def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype bitsandbytes loading leaves the declared modules in: the compute dtype on transformers 5; on 4.x
+    float32 whatever the dtype (4.x upcasts `_keep_in_fp32_modules` under bitsandbytes)."""
+    return torch.float32 if IS_TRANSFORMERS_4 else dtype
+
+
+def _reference(saved, references, dtype: torch.dtype):
+    """The unquantized model's (outputs, greedy tokens) with the declared modules in `_kept_dtype(dtype)`."""
+    if _kept_dtype(dtype) == dtype:
+        return references[dtype]
+    folder, _, batch = saved
+    model, full_precision = _load(folder, dtype), _load(folder, torch.float32)
+    for part in UNQUANTIZED_MODULES:  # swapping modules, not `.to(dtype)`: that would also round RoPE's inv_freq
+        setattr(model.model, part, getattr(full_precision.model, part))
+    return _run(model, batch, dtype, generate=True)
+
+
 @pytest.mark.compat
 @pytest.mark.parametrize("name", ["nf4", "int8"])
 def test_only_the_llm_is_quantized(saved, name):
@@ -133,9 +150,11 @@ def test_routing_equals_the_unquantized_model(saved, references, name, dtype):
     images with prompts in six languages; the parts left in the compute dtype are in it."""
     folder, _, batch = saved
     model = _load_bnb(folder, name, dtype)
-    assert model.model.moe.gate.weight.dtype == dtype and model.model.vision_tower.dtype == dtype
+    reference, _ = _reference(saved, references, dtype)
+    kept = [model.model.moe.gate.weight, model.model.moe.experts.down_proj,
+            next(model.model.vision_tower.parameters()), model.model.multi_modal_projector.linear_2.weight]
+    assert all(weight.dtype == _kept_dtype(dtype) for weight in kept) and model.lm_head.weight.dtype == dtype
     outputs, _ = _run(model, batch, dtype)
-    reference, _ = references[dtype]
     assert reference.router_logits.shape == (len(QUESTIONS), model.config.num_experts)
     assert torch.equal(outputs.router_logits, reference.router_logits)
     assert torch.equal(outputs.moe_image_features, reference.moe_image_features)
@@ -149,7 +168,7 @@ def test_logits_close_and_greedy_tokens_mostly_equal(saved, references, name, dt
     folder, _, batch = saved
     model = _load_bnb(folder, name, dtype)
     outputs, tokens = _run(model, batch, dtype, generate=True)
-    reference, reference_tokens = references[dtype]
+    reference, reference_tokens = _reference(saved, references, dtype)
     real = batch["attention_mask"].bool()
     ours, theirs = outputs.logits[real].float(), reference.logits[real].float()
     max_error, min_agreement = LOGIT_TOLERANCE["8bit" if name == "int8" else "4bit"]
@@ -207,7 +226,9 @@ torch.set_num_threads(int(sys.argv[4]))
 major = int(transformers.__version__.split(".")[0])
 Auto = transformers.AutoModelForImageTextToText if major >= 5 else transformers.AutoModelForVision2Seq
 config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
-model = Auto.from_pretrained(folder, trust_remote_code=True, quantization_config=config, device_map="cpu").eval()
+dtype = {"dtype" if major >= 5 else "torch_dtype": torch.float32}
+model = Auto.from_pretrained(folder, trust_remote_code=True, quantization_config=config, device_map="cpu", **dtype)
+model.eval()
 with torch.no_grad():
     outputs = model(**torch.load(batch_file), output_router_logits=True)
 torch.save({"router_logits": outputs.router_logits, "logits": outputs.logits}, out)
