@@ -39,8 +39,8 @@ def save_model(preset: dict, directory: Path) -> None:
     """A random Parrot with the preset's vision/LLM/MoE shapes over the bundled tiny tokenizer (its vocabulary)."""
     import torch
 
+    from transformers_parrot.models.parrot.modeling_parrot import ParrotForConditionalGeneration
     from transformers_parrot.tiny import config_for_processor, tiny_processor
-    from transformers_parrot.modeling_parrot import ParrotForConditionalGeneration
 
     vision = dict(preset["vision"])
     text = {k: v for k, v in preset["text"].items() if k != "vocab_size"}

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from transformers_parrot.configuration_parrot import tokens_per_image
+from transformers_parrot.models.parrot.configuration_parrot import tokens_per_image
 
 # ----------------------------------------------------------------------------------------------------------------
 # Presets

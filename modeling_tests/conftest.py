@@ -31,8 +31,8 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def processor(tokenizer):
     """ParrotProcessor over the tiny tokenizer: 30 px pad-to-square images, 10 image tokens per image."""
-    from transformers_parrot.image_processing_parrot import ParrotImageProcessor
-    from transformers_parrot.processing_parrot import ParrotProcessor
+    from transformers_parrot.models.parrot.image_processing_parrot import ParrotImageProcessor
+    from transformers_parrot.models.parrot.processing_parrot import ParrotProcessor
 
     image_processor = ParrotImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
     return ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=10)

@@ -87,7 +87,7 @@ def use_suite_or_skip() -> Path:
 
     import pytest
 
-    from transformers_parrot._compat import IS_TRANSFORMERS_4
+    from transformers_parrot.models.parrot._compat import IS_TRANSFORMERS_4
 
     if IS_TRANSFORMERS_4:
         pytest.skip("the common suite is run on transformers 5.x", allow_module_level=True)

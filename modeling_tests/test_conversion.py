@@ -227,7 +227,7 @@ def test_key_mapping_table_read_forward_matches_the_plan():
     import re
 
     from transformers_parrot.conversion.key_mapping import KEY_MAPPING, Op
-    from transformers_parrot.modeling_parrot import ParrotForConditionalGeneration
+    from transformers_parrot.models.parrot.modeling_parrot import ParrotForConditionalGeneration
     from transformers_parrot.tiny import tiny_config
 
     config = tiny_config()

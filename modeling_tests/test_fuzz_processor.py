@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_image_processing import SIDE, expected_pixels
 
-from transformers_parrot.image_processing_parrot import to_pil_rgb
+from transformers_parrot.models.parrot.image_processing_parrot import to_pil_rgb
 
 FUZZ = settings(derandomize=True, max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -8,9 +8,8 @@ import warnings
 
 import pytest
 import torch
-from fixtures import QUESTIONS, chat, make_image
-
 import transformers
+from fixtures import QUESTIONS, chat, make_image
 
 
 def _prompt_batch(processor, languages, padding_side="left"):
@@ -162,7 +161,7 @@ def test_no_deprecation_warnings_from_parrot(tiny, tmp_path):
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
 def test_callers_may_pass_either_cache_name(tiny, name):
     """Decoding step by step with the cache passed by hand, under the new name (5.24+) or the old one."""
-    from transformers_parrot._compat import CACHE_KWARG
+    from transformers_parrot.models.parrot._compat import CACHE_KWARG
 
     if name != CACHE_KWARG and CACHE_KWARG == "past_key_values":
         pytest.skip("`cache` is not a transformers name before 5.24")

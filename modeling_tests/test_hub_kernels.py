@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from transformers_parrot import _compat
-from transformers_parrot.modeling_parrot import ParrotForConditionalGeneration
+from transformers_parrot.models.parrot import _compat
+from transformers_parrot.models.parrot.modeling_parrot import ParrotForConditionalGeneration
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from transformers import AutoImageProcessor
 
 import transformers_parrot  # noqa: F401  (registers ParrotImageProcessor with AutoImageProcessor)
 from transformers_parrot.assets import bundled_image
-from transformers_parrot.image_processing_parrot import ParrotImageProcessor
-from transformers_parrot.processing_parrot import ParrotProcessor
+from transformers_parrot.models.parrot.image_processing_parrot import ParrotImageProcessor
+from transformers_parrot.models.parrot.processing_parrot import ParrotProcessor
 
 pytestmark = pytest.mark.compat  # image processing is part of the transformers 4.57 compatibility subset
 

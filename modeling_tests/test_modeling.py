@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fixtures import QUESTIONS, chat, make_image, sharpen_routing
 
 from transformers_parrot import ParrotConfig, ParrotForConditionalGeneration
-from transformers_parrot._compat import CHECKPOINTING_ARG
+from transformers_parrot.models.parrot._compat import CHECKPOINTING_ARG
 from transformers_parrot.tiny import tiny_model
 
 
@@ -300,7 +300,7 @@ def test_text_only_batch_touches_multimodal_parameters_only_in_distributed_train
     """A text-only batch in multi-process training gives every vision/projector/MoE parameter a zero gradient (so
     DDP without find_unused_parameters and FSDP/ZeRO-3 ranks stay in step) and leaves the loss unchanged;
     single-process training and inference do not pay for it."""
-    import transformers_parrot.modeling_parrot as modeling
+    import transformers_parrot.models.parrot.modeling_parrot as modeling
 
     model, processor = tiny_model(seed=3)
     model.train()

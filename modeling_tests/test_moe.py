@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from transformers_parrot import ParrotConfig
-from transformers_parrot.modeling_parrot import ParrotExperts, ParrotMultilingualMoE
+from transformers_parrot.models.parrot.modeling_parrot import ParrotExperts, ParrotMultilingualMoE
 
 HIDDEN, INTER, EXPERTS = 12, 20, 5  # D != I, so a transposed weight cannot pass by accident
 

@@ -22,8 +22,8 @@ use_suite_or_skip()
 from hf_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402
 
 from transformers_parrot.assets import TINY_TOKENIZER_DIR  # noqa: E402
-from transformers_parrot.image_processing_parrot import ParrotImageProcessor  # noqa: E402
-from transformers_parrot.processing_parrot import ParrotProcessor  # noqa: E402
+from transformers_parrot.models.parrot.image_processing_parrot import ParrotImageProcessor  # noqa: E402
+from transformers_parrot.models.parrot.processing_parrot import ParrotProcessor  # noqa: E402
 
 SIDE = 30  # image side after preprocessing
 

@@ -16,9 +16,13 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from transformers_parrot.assets import TINY_TOKENIZER_DIR, bundled_image
-from transformers_parrot._compat import IS_TRANSFORMERS_4
 from transformers_parrot.assets.build_tiny_tokenizer import MMMB_INSTRUCTIONS, write_tokenizer
-from transformers_parrot.processing_parrot import DEFAULT_CHAT_TEMPLATE, ParrotProcessor, default_image_processor
+from transformers_parrot.models.parrot._compat import IS_TRANSFORMERS_4
+from transformers_parrot.models.parrot.processing_parrot import (
+    DEFAULT_CHAT_TEMPLATE,
+    ParrotProcessor,
+    default_image_processor,
+)
 
 pytestmark = pytest.mark.compat  # the processor is part of the transformers 4.57 compatibility subset
 
@@ -438,10 +442,10 @@ def test_image_text_to_text_pipeline(tokenizer):
     """transformers 5.x pipeline("image-text-to-text") with chat input drives the processor end to end."""
     if not IS_V5:
         pytest.skip("pipeline chat path checked on transformers 5.x")
-    modeling = pytest.importorskip("transformers_parrot.modeling_parrot")
+    modeling = pytest.importorskip("transformers_parrot.models.parrot.modeling_parrot")
     from transformers import pipeline
 
-    from transformers_parrot.configuration_parrot import ParrotConfig
+    from transformers_parrot.models.parrot.configuration_parrot import ParrotConfig
 
     torch.manual_seed(0)
     image_processor = default_image_processor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import QUESTIONS, chat, make_image
-
 import transformers
+from fixtures import QUESTIONS, chat, make_image
 
 LOADER = r'''
 import importlib.abc, json, sys
@@ -149,7 +148,7 @@ def test_remote_code_loads_without_the_package(python, saved_repo, published, tm
 def test_package_loads_saved_folder_without_remote_code(saved_repo, published):
     """The package itself also loads the folder (no remote code needed when it is installed)."""
     model = transformers.AutoModelForImageTextToText.from_pretrained(saved_repo)
-    assert type(model).__module__ == "transformers_parrot.modeling_parrot"
+    assert type(model).__module__ == "transformers_parrot.models.parrot.modeling_parrot"
     torch.testing.assert_close(model.lm_head.weight, published[0].lm_head.weight)
     text_config = model.config.text_config
     rope_theta = getattr(text_config, "rope_parameters", None) or {"rope_theta": text_config.rope_theta}

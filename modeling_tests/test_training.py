@@ -31,8 +31,8 @@ from transformers_parrot import (  # noqa: E402
     ParrotPreTrainedModel,
     ParrotProcessor,
 )
-from transformers_parrot._compat import CHECKPOINTING_ARG  # noqa: E402
 from transformers_parrot.assets.build_tiny_tokenizer import write_tokenizer  # noqa: E402
+from transformers_parrot.models.parrot._compat import CHECKPOINTING_ARG  # noqa: E402
 from transformers_parrot.tiny import TINY_VISION_CONFIG  # noqa: E402
 from transformers_parrot.training import (  # noqa: E402
     DataReport,
@@ -170,7 +170,7 @@ def test_build_from_pretrained_parts(tmp_path):
     model, processor = build_parrot_from_pretrained(vision_dir, llm_dir)
     from transformers import AutoModelForCausalLM
 
-    from transformers_parrot._compat import use_kernels_kwargs
+    from transformers_parrot.models.parrot._compat import use_kernels_kwargs
 
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, **use_kernels_kwargs())  # transformers 5.25+ without kernels
     assert processor.image_token_id == len(processor.tokenizer) - 1
@@ -602,8 +602,9 @@ def test_fsdp2_wraps_no_split_modules_and_survives_mixed_modality_ranks(workdir,
 
 def test_router_probe_catches_answer_leak(workdir, monkeypatch):
     """Negative control: a model whose router also sees the answer is caught by the probe."""
-    from transformers_parrot.modeling_parrot import ParrotModel
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from transformers_parrot.models.parrot.modeling_parrot import ParrotModel
 
     model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot")
     model.config.use_moe = True

@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 from test_training import load_example  # noqa: E402
 
 from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor  # noqa: E402
-from transformers_parrot._compat import CHECKPOINTING_ARG  # noqa: E402
+from transformers_parrot.models.parrot._compat import CHECKPOINTING_ARG  # noqa: E402
 from transformers_parrot.tiny import tiny_model  # noqa: E402
 from transformers_parrot.training.recipes import keep_modules_to_save_dtype  # noqa: E402
 

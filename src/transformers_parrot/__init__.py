@@ -7,11 +7,11 @@ for Hub remote code, so `save_pretrained` writes a folder that loads with `trust
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from ._compat import AutoModelForVision2Seq, register_image_processor
-from .configuration_parrot import ParrotConfig
-from .image_processing_parrot import ParrotImageProcessor
-from .modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
-from .processing_parrot import ParrotProcessor
+from .models.parrot._compat import AutoModelForVision2Seq, register_image_processor
+from .models.parrot.configuration_parrot import ParrotConfig
+from .models.parrot.image_processing_parrot import ParrotImageProcessor
+from .models.parrot.modeling_parrot import ParrotForConditionalGeneration, ParrotModel, ParrotPreTrainedModel
+from .models.parrot.processing_parrot import ParrotProcessor
 
 __version__ = "0.1.0"  # the single source of the version: pyproject.toml reads it (see RELEASING.md)
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from .assets import TINY_TOKENIZER_DIR
-from .configuration_parrot import ParrotConfig, tokens_per_image
-from .modeling_parrot import ParrotForConditionalGeneration
-from .image_processing_parrot import ParrotImageProcessor
-from .processing_parrot import ParrotProcessor
+from .models.parrot.configuration_parrot import ParrotConfig, tokens_per_image
+from .models.parrot.image_processing_parrot import ParrotImageProcessor
+from .models.parrot.modeling_parrot import ParrotForConditionalGeneration
+from .models.parrot.processing_parrot import ParrotProcessor
 
 TINY_VISION_CONFIG: dict[str, Any] = {
     "model_type": "clip_vision_model",

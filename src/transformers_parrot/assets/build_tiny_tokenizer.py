@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 VOCAB_SIZE = 3000  # learned tokens (256 byte symbols + merges); special tokens come after
-from transformers_parrot.processing_parrot import IM_END, IM_START, IMAGE_TOKEN
+from transformers_parrot.models.parrot.processing_parrot import IM_END, IM_START, IMAGE_TOKEN
 
 SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
 PRETOKENIZE_REGEX = (
@@ -167,7 +167,7 @@ def build_tokenizer(with_image_token: bool = True):
 def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
     # the chat template lives in the processor module (remote code); the tokenizer ships the same one so that
     # saving a processor (which writes chat_template.jinja next to the tokenizer files) never changes behaviour.
-    from transformers_parrot.processing_parrot import DEFAULT_CHAT_TEMPLATE
+    from transformers_parrot.models.parrot.processing_parrot import DEFAULT_CHAT_TEMPLATE
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..processing_parrot import IM_END, IM_START, IMAGE_TOKEN
+from ..models.parrot.processing_parrot import IM_END, IM_START, IMAGE_TOKEN
 from .errors import ConversionError
 from .hub import resolve_checkpoint
 from .key_mapping import build_plan, check_against_plan
@@ -88,10 +88,10 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
     from transformers import GenerationConfig
     from transformers.dynamic_module_utils import custom_object_save
 
-    from ..configuration_parrot import ParrotConfig
     from ..modelcard import write_model_card
-    from ..modeling_parrot import ParrotForConditionalGeneration, set_auto_map
-    from ..processing_parrot import DEFAULT_CHAT_TEMPLATE, ParrotProcessor, default_image_processor
+    from ..models.parrot.configuration_parrot import ParrotConfig
+    from ..models.parrot.modeling_parrot import ParrotForConditionalGeneration, set_auto_map
+    from ..models.parrot.processing_parrot import DEFAULT_CHAT_TEMPLATE, ParrotProcessor, default_image_processor
 
     # ---- everything is checked before the output folder is touched
     output = Path(output)

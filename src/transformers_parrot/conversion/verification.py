@@ -18,11 +18,20 @@ from typing import Callable
 
 import torch
 
-from ..processing_parrot import DEFAULT_SYSTEM_PROMPT
+from ..models.parrot.processing_parrot import DEFAULT_SYSTEM_PROMPT
 from .errors import ConversionError
 from .hub import resolve_checkpoint
-from .reading import (VISION_PREFIX, TensorInfo, TensorReader, VisionSource, load_original_config,
-                      load_vision_config, read_headers, read_json, resolve_vision)
+from .reading import (
+    VISION_PREFIX,
+    TensorInfo,
+    TensorReader,
+    VisionSource,
+    load_original_config,
+    load_vision_config,
+    read_headers,
+    read_json,
+    resolve_vision,
+)
 from .settings import OUTPUT_DTYPES, dtype_from_name
 
 # Prompts of the verification, one per language.
@@ -67,8 +76,7 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
     """Routing weights, post-MoE features and last-token logits computed straight from the original tensors:
     transformers' CLIPVisionModel and Qwen2ForCausalLM loaded from the original keys, projector and the per-expert
     MoE loop written out from the paper's equations (§3.2), prompt built by hand (ChatML), image padded to a square by hand."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, Qwen2Config, Qwen2ForCausalLM
-    from transformers import CLIPVisionModel
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, Qwen2Config, Qwen2ForCausalLM
 
     reader = TensorReader()
 

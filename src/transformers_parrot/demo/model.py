@@ -33,7 +33,7 @@ class DemoModelConfig:
 
 def build_demo_model(seed: int = 0, sizes: DemoModelConfig | None = None):
     """A randomly initialised Parrot (deterministic for `seed`) and its processor; `use_moe=False` (stage 1)."""
-    from ..modeling_parrot import ParrotForConditionalGeneration
+    from ..models.parrot.modeling_parrot import ParrotForConditionalGeneration
 
     sizes = sizes or DemoModelConfig()
     processor = tiny_processor(image_size=sizes.image_size, patch_size=sizes.patch_size)

@@ -164,7 +164,7 @@ def _trainer_progress(stage: _Stage):
 def _sft_config(settings: DemoSettings, stage: int, output_dir: Path):
     """The library's `ParrotSFTConfig` (paper defaults: loss on the answers only, cosine schedule) with the demo's
     steps, batch and learning rates; activation checkpointing off (the model is tiny: recomputing only costs time)."""
-    from .._compat import training_arguments_kwargs
+    from ..models.parrot._compat import training_arguments_kwargs
     from ..training.configs import ParrotSFTConfig
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
@@ -284,9 +284,9 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
 
 def summary_table(accuracy: dict, by_kind: dict, routing: dict, timings: dict) -> str:
     """The terminal summary: accuracy per kind and language, mean routing per language, time per stage."""
-    from ..routing import format_routing
-
     import torch
+
+    from ..routing import format_routing
 
     languages = list(accuracy)
     kinds = sorted({k for per in by_kind.values() for k in per})

@@ -9,7 +9,7 @@ from typing import Any
 from transformers.utils.logging import get_logger
 
 from ..languages import normalize_language
-from ..processing_parrot import IMAGE_TOKEN
+from ..models.parrot.processing_parrot import IMAGE_TOKEN
 
 logger = get_logger(__name__)
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .._compat import unwrap_clip_vision, use_kernels_kwargs
-from ..configuration_parrot import ParrotConfig, tokens_per_image
-from ..modeling_parrot import ParrotForConditionalGeneration
-from ..processing_parrot import IM_END, IMAGE_TOKEN, ParrotProcessor, default_image_processor
+from ..models.parrot._compat import unwrap_clip_vision, use_kernels_kwargs
+from ..models.parrot.configuration_parrot import ParrotConfig, tokens_per_image
+from ..models.parrot.modeling_parrot import ParrotForConditionalGeneration
+from ..models.parrot.processing_parrot import IM_END, IMAGE_TOKEN, ParrotProcessor, default_image_processor
 from .recipes import STAGE_CONFIG
 
 logger = logging.get_logger(__name__)

@@ -11,8 +11,8 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from trl import DPOConfig, SFTConfig
 
-from .._compat import training_defaults_mixin
-from .recipes import STAGE_LEARNING_RATE, bf16_available
+from ..models.parrot._compat import training_defaults_mixin
+from .defaults import STAGE_LEARNING_RATE, bf16_available
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ..processing_parrot import IMAGE_TOKEN
+from ..models.parrot.processing_parrot import IMAGE_TOKEN
 
 logger = logging.get_logger(__name__)
 

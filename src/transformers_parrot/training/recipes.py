@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# paper §3 (and the release scripts): learning rate per stage
-STAGE_LEARNING_RATE = {1: 1e-3, 2: 2e-5}
+from .defaults import STAGE_LEARNING_RATE, bf16_available
+
 # what each stage changes in the model's config (stage 1 bypasses the MoE); LoRA adapters are always stage 2
 STAGE_CONFIG: dict[int, dict[str, Any]] = {1: {"use_moe": False}, 2: {"use_moe": True}}
 # the LLM's linear layers: LoRA targets when the user names none (a regex, so the vision tower is never targeted)
@@ -22,13 +22,9 @@ MULTIMODAL_MODULES = ("multi_modal_projector", "moe")
 ROUTER_MODULE = "gate"  # the MoE's router (`ParrotMultilingualMoE.gate`): its own learning rate with `router_lr`
 
 
-def bf16_available() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def _parrot(model) -> nn.Module:
     """The ParrotForConditionalGeneration inside a (PEFT-)wrapped model."""
-    from ..modeling_parrot import ParrotForConditionalGeneration
+    from ..models.parrot.modeling_parrot import ParrotForConditionalGeneration
 
     for module in model.modules():
         if isinstance(module, ParrotForConditionalGeneration):
@@ -304,7 +300,7 @@ class RouterProbe:
     """
 
     def __init__(self, model, max_checks: int | None = None):
-        from ..modeling_parrot import ParrotModel, ParrotMultilingualMoE
+        from ..models.parrot.modeling_parrot import ParrotModel, ParrotMultilingualMoE
 
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.max_checks = max_checks

@@ -29,9 +29,9 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from ..configuration_parrot import ParrotConfig
-from ..modeling_parrot import ParrotMultilingualMoE
-from ..processing_parrot import IMAGE_TOKEN
+from ..models.parrot.configuration_parrot import ParrotConfig
+from ..models.parrot.modeling_parrot import ParrotMultilingualMoE
+from ..models.parrot.processing_parrot import IMAGE_TOKEN
 from .processing import (
     GUIDANCE_FIELD,
     ParrotDummyInputsBuilder,

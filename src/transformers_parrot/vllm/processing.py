@@ -29,9 +29,9 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.context import TimingContext
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
-from ..configuration_parrot import ParrotConfig
-from ..modeling_parrot import guidance_mask
-from ..processing_parrot import IMAGE_TOKEN, ParrotProcessor
+from ..models.parrot.configuration_parrot import ParrotConfig
+from ..models.parrot.modeling_parrot import guidance_mask
+from ..models.parrot.processing_parrot import IMAGE_TOKEN, ParrotProcessor
 
 GUIDANCE_KWARG = "parrot_guidance_ids"
 """Processor kwarg holding the prompt's guidance token ids: part of every image item's hash (cache key)."""

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from vllm.exceptions import VLLMValidationError
 from vllm.renderers.base import BaseRenderer
 
-from ..configuration_parrot import ParrotConfig
-from ..processing_parrot import IMAGE_TOKEN
+from ..models.parrot.configuration_parrot import ParrotConfig
+from ..models.parrot.processing_parrot import IMAGE_TOKEN
 
 WRAPPED_METHODS = ("_process_tokens", "_process_tokens_async")
 """The `BaseRenderer` methods `install_placeholder_check` wraps (both take `(self, prompt, *, skip_mm_cache)`)."""

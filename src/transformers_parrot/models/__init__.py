@@ -1,0 +1,1 @@
+"""Model architectures of transformers-parrot (one subpackage per model, transformers' layout)."""
