@@ -85,19 +85,20 @@ def worker(args) -> None:
     predictor = runner.load_predictor(args.model, backend=args.backend, **kwargs)
     settings = dict(benchmark=args.tsv, languages=LANGUAGE, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                     model_name="bench", progress=False)
-    with tempfile.TemporaryDirectory() as scratch:
-        evaluate(predictor=predictor, output_dir=Path(scratch) / "warmup", limit=2, **settings)
-        start = time.perf_counter()
-        evaluate(predictor=predictor, output_dir=Path(scratch) / "timed", **settings)
-        seconds = time.perf_counter() - start
-        lines = (Path(scratch) / "timed" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    scratch = Path(args.scratch)  # one folder for all ranks of a data parallel run
+    evaluate(predictor=predictor, output_dir=scratch / "warmup", limit=2, **settings)
+    start = time.perf_counter()
+    evaluate(predictor=predictor, output_dir=scratch / "timed", **settings)
+    seconds = time.perf_counter() - start
+    lines = (scratch / "timed" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     if int(os.environ.get("RANK", "0")) == 0:
         predictions = [json.loads(line)["prediction"] for line in lines]
         print("BENCH " + json.dumps({"seconds": seconds, "predictions": predictions}), flush=True)
 
 
 def run_config(command: list[str], env: dict) -> dict:
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        result = subprocess.run([*command, "--scratch", scratch], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--tsv", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="hf", help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -35,7 +35,6 @@ class RankContext:
     rank: int = 0
     world_size: int = 1
     group: Any = None
-    owns_process_group: bool = False
     _torch_dist: Any = field(default=None, repr=False)
 
     @property
@@ -54,14 +53,16 @@ class RankContext:
             return cls()
         import torch.distributed as dist
 
-        owns = not dist.is_initialized()
         timeout = timedelta(minutes=timeout_minutes)
-        if owns:
+        # The process group lives as long as the process (a group cannot be made again after being destroyed
+        # under torchrun's rendezvous), so a second `evaluate` in the same processes reuses it.
+        if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=timeout)
+        if dist.get_backend() == "gloo":
             group = dist.group.WORLD
         else:  # e.g. accelerate already made an NCCL group: talk over a gloo group of our own
             group = dist.new_group(backend="gloo", timeout=timeout)
-        return cls(dist.get_rank(), dist.get_world_size(), group, owns, dist)
+        return cls(dist.get_rank(), dist.get_world_size(), group, dist)
 
     def wait_for_all(self, poll: Callable[[], None] | None = None) -> None:
         """Barrier over all ranks; ``poll`` is called while waiting (rank 0 refreshes its progress bar)."""
@@ -89,11 +90,6 @@ class RankContext:
         box = [obj]
         self._torch_dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
-
-    def close(self) -> None:
-        if self.owns_process_group:
-            self._torch_dist.destroy_process_group()
-            self.owns_process_group = False
 
 
 __all__ = ["RankContext", "WAIT_POLL_SECONDS", "launched_local_rank", "launched_world_size"]

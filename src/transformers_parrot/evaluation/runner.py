@@ -438,6 +438,11 @@ def _score(datas: list[BenchmarkData], store: PredictionStore, runtime_bad: list
             if (s.language, s.index) in bad_keys:
                 continue
             stored = store.get((data.name, s.language, s.index))
+            if stored is None:  # a data parallel rank wrote into a folder rank 0 does not see
+                raise RuntimeError(
+                    f"no prediction for {data.name} {s.language} row {s.index} after every rank finished: all ranks "
+                    f"must write into the same output folder ({store.path.parent} on rank 0)"
+                )
             # Re-derive choice/hit from the raw text so the scoring always follows the current rules.
             records.append(make_record(data.name, s, stored["prediction"]))
         ordered_records += records
@@ -526,12 +531,8 @@ def evaluate(
         predictor = FunctionPredictor(predict_fn, name=model_name or "custom")
     name = model_name or getattr(predictor, "name", None) or type(predictor).__name__
 
-    ranks = RankContext.from_environment()
-    try:
-        return _run(predictor, datas, ranks, Path(output_dir), str(name), batch_size, max_new_tokens, progress,
-                    overwrite, write_reports)
-    finally:
-        ranks.close()
+    return _run(predictor, datas, RankContext.from_environment(), Path(output_dir), str(name), batch_size,
+                max_new_tokens, progress, overwrite, write_reports)
 
 
 def _run(predictor, datas: list[BenchmarkData], ranks: RankContext, output_dir: Path, name: str, batch_size: int,
