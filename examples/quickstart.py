@@ -19,6 +19,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 from transformers_parrot.assets import bundled_image
 from transformers_parrot.cli_utils import DTYPE_CHOICES, torch_dtype
 from transformers_parrot.languages import example_questions
+from transformers_parrot.quantization import (
+    QuantizationSetupError,
+    add_quantization_flags,
+    quantization_config_from_args,
+)
 from transformers_parrot.routing import format_routing, routing_weights
 from transformers_parrot.tiny import tiny_model
 
@@ -33,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=24)
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true")
+    add_quantization_flags(parser)
     parser.add_argument("--train", action="store_true", help="run parrot-demo (its defaults) instead")
     return parser
 
@@ -62,12 +68,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))  # usage + "error: ..." on stderr, exit code 2
 
+    try:
+        quantization = quantization_config_from_args(args, torch_dtype(args.dtype))
+    except QuantizationSetupError as e:
+        parser.error(str(e))
+    if quantization is not None and not args.model:
+        parser.error("quantization flags need --model (the tiny offline model is too narrow for bitsandbytes)")
+
     if args.model:
         dtype = torch_dtype(args.dtype)
         processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            args.model, dtype=dtype, trust_remote_code=args.trust_remote_code,
-            device_map="auto" if torch.cuda.is_available() else None,
+            args.model, dtype=dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
+            device_map="auto" if torch.cuda.is_available() else ("cpu" if quantization is not None else None),
         ).eval()
     else:
         model, processor = tiny_model(seed=0)

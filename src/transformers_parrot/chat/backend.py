@@ -182,8 +182,9 @@ class LocalBackend:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                        max_images: int = DEFAULT_MAX_IMAGES) -> "LocalBackend":
-        """Load any folder or Hub id this package (or `parrot-convert`) saved."""
+                        max_images: int = DEFAULT_MAX_IMAGES, quantization_config=None) -> "LocalBackend":
+        """Load any folder or Hub id this package (or `parrot-convert`) saved; `quantization_config` (e.g. a
+        `BitsAndBytesConfig`) loads it quantized, placed by `device_map` (the vision tower and MoE stay unquantized)."""
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -191,10 +192,13 @@ class LocalBackend:
         placement = {}
         if device == "auto":
             placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+        if quantization_config is not None:  # quantized weights are placed at loading, never moved afterwards
+            placement = {"device_map": placement.get("device_map", "cpu") if device == "auto" else {"": device},
+                         "quantization_config": quantization_config}
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype,
                                                             trust_remote_code=trust_remote_code, **placement)
-        if device != "auto":
+        if device != "auto" and quantization_config is None:
             model = model.to(device)
         return cls(model, processor, name=os.path.basename(os.path.normpath(path)) or path, max_images=max_images)
 

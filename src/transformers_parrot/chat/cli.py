@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from ..cli_utils import DTYPE_CHOICES, add_flag
+from ..cli_utils import DTYPE_CHOICES, add_flag, torch_dtype
+from ..quantization import QuantizationSetupError, add_quantization_flags, quantization_config_from_args
 
 DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` saves its model
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    add_quantization_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, mps, ...")
     add_flag(parser, "trust_remote_code", action="store_true", help="load a checkpoint's own code")
     add_flag(parser, "max_images", type=int, default=DEFAULT_MAX_IMAGES,
@@ -55,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_images < 1 or args.concurrency < 1:
         print("parrot-chat: --max_images and --concurrency must be at least 1", file=sys.stderr)
         return 2
+    try:
+        quantization = quantization_config_from_args(args, torch_dtype(args.dtype))
+    except QuantizationSetupError as err:
+        print(f"parrot-chat: error: {err}", file=sys.stderr)
+        return 2
+    if quantization is not None and args.server:
+        print("parrot-chat: error: quantization flags load a local model; the --server model is loaded by its server",
+              file=sys.stderr)
+        return 2
     model, notice = (None, None) if args.server else resolve_model(args.model)
     if model is None and not args.server:
         print(notice, file=sys.stderr)
@@ -73,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(notice)
         print(f"parrot-chat: loading {model} ...", flush=True)
         backend = LocalBackend.from_pretrained(model, dtype=args.dtype, device=args.device,
-                                               trust_remote_code=args.trust_remote_code, max_images=args.max_images)
+                                               trust_remote_code=args.trust_remote_code, max_images=args.max_images,
+                                               quantization_config=quantization)
     ChatApp(backend, notice=notice).launch(host=args.host, port=args.port,
                                            concurrency=args.concurrency)
     return 0
