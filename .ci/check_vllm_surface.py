@@ -85,8 +85,9 @@ def _module_statements(body: list[ast.stmt]):
         if isinstance(node, ast.If):
             yield from _module_statements(node.body + node.orelse)
         elif isinstance(node, ast.Try):
-            yield from _module_statements(node.body + node.orelse + node.finalbody
-                                          + [s for h in node.handlers for s in h.body])
+            yield from _module_statements(
+                node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+            )
 
 
 def resolve(source: Source, module: str, name: str, depth: int = 0) -> Found | None:
@@ -169,8 +170,13 @@ def find_member(source: Source, chain: list[Found], name: str) -> tuple[Found, a
                 return item, node
     for item in chain:
         for node in ast.walk(item.node):
-            if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr == name
-                    and isinstance(node.value, ast.Name) and node.value.id == "self"):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and node.attr == name
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
                 return item, node
     return None
 
@@ -221,7 +227,7 @@ def override_problems(base: Signature, ours: Signature, by_keyword: bool = False
                 problems.append(f"positional parameter {index} is {name!r} in vLLM, {ours_pos[index]!r} here")
         elif not ours.var_positional:
             problems.append(f"vLLM passes {name!r}, which this override does not take")
-    for name, has_default in ours.positional[len(base.positional):]:
+    for name, has_default in ours.positional[len(base.positional) :]:
         if not has_default and name not in base_names:
             problems.append(f"this override requires {name!r}, which vLLM does not pass")
     ours_names = set(ours_pos) | ours_kw.keys()
@@ -315,7 +321,9 @@ def check(source: Source, plugin: Path) -> list[tuple[bool, str]]:
                 owner, base_node = member
                 base_sig, ours = Signature.of(base_node), Signature.of(node)
                 problems = override_problems(base_sig, ours, by_keyword=node.name in KEYWORD_CALLS)
-                label = f"{cls.name}.{node.name}{ours} overrides {owner.module}.{owner.node.name}.{node.name}{base_sig}"
+                label = (
+                    f"{cls.name}.{node.name}{ours} overrides {owner.module}.{owner.node.name}.{node.name}{base_sig}"
+                )
                 results.append((not problems, label + ("" if not problems else ": " + "; ".join(problems))))
             used, own = _self_attributes(cls)
             for attr in sorted(used - own):
@@ -325,8 +333,12 @@ def check(source: Source, plugin: Path) -> list[tuple[bool, str]]:
                 results.append((member is not None, f"{cls.name}: self.{attr} is defined by its vLLM base classes"))
         # attributes read on imported vLLM classes, e.g. MultiModalFieldConfig.batched
         for node in ast.walk(module.tree):
-            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and isinstance(node.ctx, ast.Load) and module.vllm_imports.get(node.value.id, ("", ""))[1]):
+            if not (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and isinstance(node.ctx, ast.Load)
+                and module.vllm_imports.get(node.value.id, ("", ""))[1]
+            ):
                 continue
             found = resolve(source, *module.vllm_imports[node.value.id])
             if found is not None and isinstance(found.node, ast.ClassDef):

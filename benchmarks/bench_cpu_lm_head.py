@@ -44,7 +44,7 @@ def demo_batches(batch_size: int, count: int, seed: int = 0) -> tuple[object, li
     dataset = load_llava_json(folder / "stage2.json", folder / "images")
     collator = DataCollatorForVisionLanguageModeling(processor, max_length=None, assistant_only_loss=True)
     rows = [dataset[i] for i in range(len(dataset))]
-    batches = [collator(rows[i * batch_size:(i + 1) * batch_size]) for i in range(count)]
+    batches = [collator(rows[i * batch_size : (i + 1) * batch_size]) for i in range(count)]
     return model.train(), batches
 
 
@@ -66,17 +66,19 @@ def check_equal(reference, compact, batch: dict) -> dict:
     grad_abs = max((our_g[n] - ref_g[n]).abs().max().item() for n in ref_g)
     diff = torch.cat([(our_g[n] - ref_g[n]).flatten() for n in ref_g])
     grad_rel = (diff.norm() / torch.cat([g.flatten() for g in ref_g.values()]).norm()).item()
-    return {"same_parameters_with_gradients": ref_g.keys() == our_g.keys(),
-            "log_probs_max_abs_diff": (our_lp - ref_lp).abs().max().item(),
-            "grad_max_abs_diff": grad_abs,
-            "grad_relative_diff": grad_rel}  # |all gradients' difference| / |TRL's gradients|
+    return {
+        "same_parameters_with_gradients": ref_g.keys() == our_g.keys(),
+        "log_probs_max_abs_diff": (our_lp - ref_lp).abs().max().item(),
+        "grad_max_abs_diff": grad_abs,
+        "grad_relative_diff": grad_rel,
+    }  # |all gradients' difference| / |TRL's gradients|
 
 
 def time_steps(models: dict, batches: list[dict]) -> dict[str, list[float]]:
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     times = {name: [] for name in models}
     for i, batch in enumerate(batches):
-        for name in (list(models) if i % 2 == 0 else list(models)[::-1]):  # alternate who goes first
+        for name in list(models) if i % 2 == 0 else list(models)[::-1]:  # alternate who goes first
             start = time.perf_counter()
             loss_of(models[name], batch).backward()
             optimizers[name].step()
@@ -105,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     assert use_compact_lm_head(ours)
     equality = check_equal(trl_head, ours, batches[0])
     print(json.dumps(equality))
-    if not (equality["same_parameters_with_gradients"] and equality["log_probs_max_abs_diff"] < 1e-4
-            and equality["grad_relative_diff"] < 1e-4):
+    if not (
+        equality["same_parameters_with_gradients"]
+        and equality["log_probs_max_abs_diff"] < 1e-4
+        and equality["grad_relative_diff"] < 1e-4
+    ):
         print("the two heads differ: not timing", file=sys.stderr)
         return 1
     times = time_steps({"trl_fused_head": trl_head, "compact_head": ours}, batches[2:])
@@ -116,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         "what": "one stage-2 training step (forward + backward + AdamW) of parrot-demo's model on its stage-2 batches",
         "command": "python benchmarks/bench_cpu_lm_head.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
-        "batch_size": args.batch_size, "rounds": args.rounds,
-        "tokens_per_batch": int(batches[0]["input_ids"].numel()), "labelled_tokens_per_batch_median":
-            statistics.median(labelled), "vocab_size": model.config.text_config.vocab_size,
-        "equality": equality, "median_step_ms": {k: round(v, 1) for k, v in medians.items()},
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "tokens_per_batch": int(batches[0]["input_ids"].numel()),
+        "labelled_tokens_per_batch_median": statistics.median(labelled),
+        "vocab_size": model.config.text_config.vocab_size,
+        "equality": equality,
+        "median_step_ms": {k: round(v, 1) for k, v in medians.items()},
         "step_time_ratio_trl_over_ours": round(medians["trl_fused_head"] / medians["compact_head"], 2),
     }
     print(json.dumps(result, indent=1))

@@ -45,8 +45,13 @@ def save_model(preset: dict, directory: Path) -> None:
     vision = dict(preset["vision"])
     text = {k: v for k, v in preset["text"].items() if k != "vocab_size"}
     processor = tiny_processor(image_size=vision["image_size"], patch_size=vision["patch_size"])
-    config = config_for_processor(processor, vision_config=vision, text_config=text,
-                                  num_experts=preset["num_experts"], moe_intermediate_size=preset["moe_intermediate_size"])
+    config = config_for_processor(
+        processor,
+        vision_config=vision,
+        text_config=text,
+        num_experts=preset["num_experts"],
+        moe_intermediate_size=preset["moe_intermediate_size"],
+    )
     torch.manual_seed(0)
     model = ParrotForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -68,10 +73,21 @@ def write_tsv(path: Path, rows: int, seed: int = 0) -> None:
         Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
         images.append(base64.b64encode(buf.getvalue()).decode())
     words = ["red", "green", "blue", "yellow", "circle", "square", "left", "right", "two", "three"]
-    table = [{"index": i, "question": f"Question {i}: which {words[i % 10]} thing is {words[(i * 7) % 10]}?",
-              "A": words[i % 10], "B": words[(i + 3) % 10], "C": words[(i + 5) % 10], "D": words[(i + 8) % 10],
-              "answer": "ABCD"[i % 4], "category": "c", "l2-category": "l2", "image": images[i // 4]}
-             for i in range(rows)]
+    table = [
+        {
+            "index": i,
+            "question": f"Question {i}: which {words[i % 10]} thing is {words[(i * 7) % 10]}?",
+            "A": words[i % 10],
+            "B": words[(i + 3) % 10],
+            "C": words[(i + 5) % 10],
+            "D": words[(i + 8) % 10],
+            "answer": "ABCD"[i % 4],
+            "category": "c",
+            "l2-category": "l2",
+            "image": images[i // 4],
+        }
+        for i in range(rows)
+    ]
     pd.DataFrame(table).to_csv(path, sep="\t", index=False)
 
 
@@ -83,8 +99,14 @@ def worker(args) -> None:
     if args.backend == "vllm":
         kwargs.update(enforce_eager=True, max_model_len=args.max_model_len)
     predictor = runner.load_predictor(args.model, backend=args.backend, **kwargs)
-    settings = dict(benchmark=args.tsv, languages=LANGUAGE, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                    model_name="bench", progress=False)
+    settings = dict(
+        benchmark=args.tsv,
+        languages=LANGUAGE,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        model_name="bench",
+        progress=False,
+    )
     scratch = Path(args.scratch)  # one folder for all ranks of a data parallel run
     evaluate(predictor=predictor, output_dir=scratch / "warmup", limit=2, **settings)
     start = time.perf_counter()
@@ -134,8 +156,18 @@ def main(argv: list[str] | None = None) -> dict:
     save_model(presets()[args.preset], model_dir)
     write_tsv(tsv, args.rows)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    common = [str(Path(__file__).resolve()), "--worker", "--model", str(model_dir), "--tsv", str(tsv),
-              "--max_new_tokens", str(args.max_new_tokens), "--max_model_len", str(args.max_model_len)]
+    common = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--model",
+        str(model_dir),
+        "--tsv",
+        str(tsv),
+        "--max_new_tokens",
+        str(args.max_new_tokens),
+        "--max_model_len",
+        str(args.max_model_len),
+    ]
     runs: dict[str, dict] = {}
     one = {**env, "OMP_NUM_THREADS": str(args.threads)}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
@@ -144,8 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
     best_batch = best.removeprefix("hf_b")
     if not args.no_two_processes:
         two = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
-        runs["hf_2proc"] = run_config([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                       "--standalone", *common, "--batch_size", best_batch], two)
+        runs["hf_2proc"] = run_config(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--standalone",
+                *common,
+                "--batch_size",
+                best_batch,
+            ],
+            two,
+        )
     if args.vllm_python:
         runs["vllm"] = run_config([args.vllm_python, *common, "--backend", "vllm"], one)
     reference = runs["hf_b1"]["predictions"]
@@ -153,10 +197,17 @@ def main(argv: list[str] | None = None) -> dict:
     qps = {k: args.rows / r["seconds"] for k, r in runs.items()}
     result = {
         "command": " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(["bench_eval.py", *argv]),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
-                        "cpu_count": os.cpu_count(), "threads": args.threads},
-        "preset": args.preset, "rows": args.rows, "max_new_tokens": args.max_new_tokens,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+        },
+        "preset": args.preset,
+        "rows": args.rows,
+        "max_new_tokens": args.max_new_tokens,
         "predictions_equal_hf_b1": equal,
         "questions_per_second": qps,
         "hf_best": best,

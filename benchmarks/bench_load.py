@@ -33,8 +33,14 @@ import psutil
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load_test.json"
-QUESTIONS = ["What colour is the circle?", "圆圈是什么颜色？", "De que cor é o círculo?", "ما لون الدائرة؟",
-             "Dairenin rengi nedir?", "Какого цвета круг?"]
+QUESTIONS = [
+    "What colour is the circle?",
+    "圆圈是什么颜色？",
+    "De que cor é o círculo?",
+    "ما لون الدائرة؟",
+    "Dairenin rengi nedir?",
+    "Какого цвета круг?",
+]
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 # vLLM's CPU attention takes LLM head sizes 32, 64, ...: hidden 64 with 2 heads
 VLLM_TEXT_CONFIG = {"hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 128}
@@ -75,11 +81,16 @@ def _inert(text: str) -> str:
 @torch.no_grad()
 def greedy(model, processor, question: str, image, max_new_tokens: int) -> tuple[str, list[int]]:
     """(text, token ids) of transformers' greedy answer to one single-turn ChatML prompt written by hand."""
-    prompt = SYSTEM + "<|im_start|>user\n" + ("<image>\n" if image is not None else "") + question + \
-        "<|im_end|>\n<|im_start|>assistant\n"
+    prompt = (
+        SYSTEM
+        + "<|im_start|>user\n"
+        + ("<image>\n" if image is not None else "")
+        + question
+        + "<|im_end|>\n<|im_start|>assistant\n"
+    )
     inputs = processor(text=[prompt], images=[[image]] if image is not None else None, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    ids = out[0, inputs["input_ids"].shape[1] :].tolist()
     return processor.tokenizer.decode(ids, skip_special_tokens=True), ids
 
 
@@ -99,16 +110,20 @@ def save_model(directory: Path, target: str):
 
 def plan(n_requests: int, bad_fraction: float, target: str) -> list[dict]:
     """The requests of one round: good ones (question, image seed or None) and bad ones (a kind)."""
-    bad_kinds = (["bad_image", "bad_json", "empty_question", "two_images"] if target == "chat" else
-                 ["bad_image", "bad_json", "image_tag_without_image", "wrong_role", "too_many_images"])
+    bad_kinds = (
+        ["bad_image", "bad_json", "empty_question", "two_images"]
+        if target == "chat"
+        else ["bad_image", "bad_json", "image_tag_without_image", "wrong_role", "too_many_images"]
+    )
     n_bad = round(n_requests * bad_fraction)
     requests = []
     for i in range(n_requests):
         if i % round(1 / bad_fraction) == 0 and sum(r["bad"] is not None for r in requests) < n_bad:
             requests.append({"bad": bad_kinds[len([r for r in requests if r["bad"]]) % len(bad_kinds)]})
         else:
-            requests.append({"bad": None, "question": QUESTIONS[i % len(QUESTIONS)],
-                             "image": None if i % 5 == 4 else i % 7})
+            requests.append(
+                {"bad": None, "question": QUESTIONS[i % len(QUESTIONS)], "image": None if i % 5 == 4 else i % 7}
+            )
     return requests
 
 
@@ -122,8 +137,16 @@ class ChatTarget:
         (self.uploads / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
         script = Path(sys.executable).with_name("parrot-chat")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "transformers_parrot.chat.cli"]
-        self.command = command + ["--model", str(directory), "--port", str(port), "--device", "cpu",
-                                  "--concurrency", "4"]
+        self.command = command + [
+            "--model",
+            str(directory),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--concurrency",
+            "4",
+        ]
         self.env = {"GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
 
     def ready(self) -> bool:
@@ -142,22 +165,34 @@ class ChatTarget:
 
         if request["bad"] == "bad_json":
             body = b'{"data": [ {"text": "unterminated'
-            http = urllib.request.Request(self.url + "gradio_api/queue/join", data=body, method="POST",
-                                          headers={"Content-Type": "application/json"})
+            http = urllib.request.Request(
+                self.url + "gradio_api/queue/join",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             try:
                 with urllib.request.urlopen(http, timeout=60) as response:
                     return {"error": response.read().decode()[:200], "status": response.status}
             except urllib.error.HTTPError as err:
                 return {"error": err.read().decode("utf-8", "replace")[:300], "status": err.code}
-        files = {"bad_image": [str(self.uploads / "broken.png")], "two_images": [self.image_file(1),
-                                                                                   self.image_file(2)]}
+        files = {
+            "bad_image": [str(self.uploads / "broken.png")],
+            "two_images": [self.image_file(1), self.image_file(2)],
+        }
         question = "" if request["bad"] == "empty_question" else request.get("question", "What is this?")
-        paths = files.get(request["bad"]) or ([self.image_file(request["image"])]
-                                              if request.get("image") is not None else [])
+        paths = files.get(request["bad"]) or (
+            [self.image_file(request["image"])] if request.get("image") is not None else []
+        )
         client = Client(self.url, verbose=False, download_files=False)
         try:
-            job = client.submit({"text": question, "files": [handle_file(p) for p in paths]},
-                                self.max_new_tokens, 0.0, 1.0, api_name="/respond")
+            job = client.submit(
+                {"text": question, "files": [handle_file(p) for p in paths]},
+                self.max_new_tokens,
+                0.0,
+                1.0,
+                api_name="/respond",
+            )
             job.result(timeout=300)
             # the last update that carries the chat (the final one only re-enables the input box)
             chat = next(out[0] for out in reversed(job.outputs()) if isinstance(out[0], list) and out[0])
@@ -194,10 +229,28 @@ class VllmTarget:
         self.base = f"http://127.0.0.1:{port}"
         self.model = str(directory)
         self.max_new_tokens = max_new_tokens
-        self.command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
-                        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-                        "--seed", "0", "--max-model-len", "512", "--kv-cache-memory-bytes", str(256 << 20),
-                        "--limit-mm-per-prompt", '{"image": 1}']
+        self.command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(directory),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--seed",
+            "0",
+            "--max-model-len",
+            "512",
+            "--kv-cache-memory-bytes",
+            str(256 << 20),
+            "--limit-mm-per-prompt",
+            '{"image": 1}',
+        ]
         self.env = {}
 
     def ready(self) -> bool:
@@ -205,8 +258,9 @@ class VllmTarget:
             return response.status == 200
 
     def _post(self, body: bytes) -> dict:
-        http = urllib.request.Request(self.base + "/v1/chat/completions", data=body, method="POST",
-                                      headers={"Content-Type": "application/json"})
+        http = urllib.request.Request(
+            self.base + "/v1/chat/completions", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(http, timeout=300) as response:
                 choice = json.load(response)["choices"][0]
@@ -234,9 +288,13 @@ class VllmTarget:
         elif request.get("image") is not None:
             parts = [{"type": "image_url", "image_url": {"url": _data_url(_image(request["image"]))}}]
         role = "wizard" if bad == "wrong_role" else "user"
-        payload = {"model": self.model, "messages": [{"role": role, "content": [*parts, {"type": "text",
-                                                                                        "text": question}]}],
-                   "temperature": 0.0, "max_tokens": self.max_new_tokens, "return_token_ids": True}
+        payload = {
+            "model": self.model,
+            "messages": [{"role": role, "content": [*parts, {"type": "text", "text": question}]}],
+            "temperature": 0.0,
+            "max_tokens": self.max_new_tokens,
+            "return_token_ids": True,
+        }
         return self._post(json.dumps(payload).encode())
 
     def expected(self, model, processor, request: dict) -> list[int]:
@@ -249,8 +307,15 @@ class VllmTarget:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run(target_name: str, n_requests: int, n_clients: int, rounds: int, bad_fraction: float, max_new_tokens: int,
-        rss_growth_mib: float) -> dict:
+def run(
+    target_name: str,
+    n_requests: int,
+    n_clients: int,
+    rounds: int,
+    bad_fraction: float,
+    max_new_tokens: int,
+    rss_growth_mib: float,
+) -> dict:
     directory = Path(tempfile.mkdtemp(prefix=f"parrot-load-{target_name}-"))
     model, processor = save_model(directory, target_name)
     port = _free_port()
@@ -262,8 +327,9 @@ def run(target_name: str, n_requests: int, n_clients: int, rounds: int, bad_frac
     try:
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"the server exited with {server.returncode}: "
-                                   f"{(directory / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the server exited with {server.returncode}: {(directory / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 if target.ready():
                     break
@@ -287,22 +353,32 @@ def run(target_name: str, n_requests: int, n_clients: int, rounds: int, bad_frac
                     right = got.get("ids", got.get("ok")) == want if target_name == "vllm" else got.get("ok") == want
                     good_right += right
                     if not right:
-                        failures.append({"round": round_index, "request": request, "expected": want,
-                                         "got": str(got)[:300]})
+                        failures.append(
+                            {"round": round_index, "request": request, "expected": want, "got": str(got)[:300]}
+                        )
                 else:
                     clear = target.clear(got)
                     bad_clear += clear
                     if not clear:
                         failures.append({"round": round_index, "request": request, "got": str(got)[:300]})
-            round_results.append({"seconds": round(seconds, 2), "good": sum(r["bad"] is None for r in requests),
-                                  "good_answered_correctly": good_right, "bad": sum(bool(r["bad"]) for r in requests),
-                                  "bad_clear_error": bad_clear, "rss_mib_after": round(_tree_rss_mib(server.pid), 1),
-                                  "errors_seen": sorted({str(g.get("error"))[:120] for g in results
-                                                         if g.get("error")})})
+            round_results.append(
+                {
+                    "seconds": round(seconds, 2),
+                    "good": sum(r["bad"] is None for r in requests),
+                    "good_answered_correctly": good_right,
+                    "bad": sum(bool(r["bad"]) for r in requests),
+                    "bad_clear_error": bad_clear,
+                    "rss_mib_after": round(_tree_rss_mib(server.pid), 1),
+                    "errors_seen": sorted({str(g.get("error"))[:120] for g in results if g.get("error")}),
+                }
+            )
         after = target.send({"bad": None, "question": QUESTIONS[0], "image": 3})
-        still_answers = after.get("ids", after.get("ok")) == target.expected(
-            model, processor, {"question": QUESTIONS[0], "image": 3}) if target_name == "vllm" else \
-            after.get("ok") == target.expected(model, processor, {"question": QUESTIONS[0], "image": 3})
+        still_answers = (
+            after.get("ids", after.get("ok"))
+            == target.expected(model, processor, {"question": QUESTIONS[0], "image": 3})
+            if target_name == "vllm"
+            else after.get("ok") == target.expected(model, processor, {"question": QUESTIONS[0], "image": 3})
+        )
     finally:
         server.terminate()
         try:
@@ -311,27 +387,46 @@ def run(target_name: str, n_requests: int, n_clients: int, rounds: int, bad_frac
             server.kill()
         log.close()
     growth = round_results[-1]["rss_mib_after"] - round_results[0]["rss_mib_after"]
-    passed = (not failures and still_answers and growth <= rss_growth_mib)
-    return {"target": target_name, "requests_per_round": n_requests, "clients": n_clients, "rounds": rounds,
-            "bad_fraction": bad_fraction, "max_new_tokens": max_new_tokens, "startup_s": round(startup_s, 1),
-            "round_results": round_results, "still_answers_afterwards": still_answers,
-            "rss_growth_mib": round(growth, 1), "rss_growth_threshold_mib": rss_growth_mib,
-            "failures": failures[:10], "passed": passed}
+    passed = not failures and still_answers and growth <= rss_growth_mib
+    return {
+        "target": target_name,
+        "requests_per_round": n_requests,
+        "clients": n_clients,
+        "rounds": rounds,
+        "bad_fraction": bad_fraction,
+        "max_new_tokens": max_new_tokens,
+        "startup_s": round(startup_s, 1),
+        "round_results": round_results,
+        "still_answers_afterwards": still_answers,
+        "rss_growth_mib": round(growth, 1),
+        "rss_growth_threshold_mib": rss_growth_mib,
+        "failures": failures[:10],
+        "passed": passed,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench_load.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_load.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", choices=["chat", "vllm"], required=True)
     parser.add_argument("--requests", type=int, default=64, help="requests per round (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; RSS is compared between the first and last")
     parser.add_argument("--bad_fraction", type=float, default=0.25, help="share of malformed requests")
     parser.add_argument("--max_new_tokens", type=int, default=8)
-    parser.add_argument("--rss_growth_mib", type=float, default=64.0,
-                        help="largest allowed RSS growth of the server tree between rounds (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON file to merge the result into under the target's name (e.g. {RESULTS})")
+    parser.add_argument(
+        "--rss_growth_mib",
+        type=float,
+        default=64.0,
+        help="largest allowed RSS growth of the server tree between rounds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"JSON file to merge the result into under the target's name (e.g. {RESULTS})",
+    )
     return parser
 
 
@@ -340,8 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.requests, args.clients, args.rounds, args.max_new_tokens) < 1 or not 0 < args.bad_fraction < 1:
         parser.error("--requests, --clients, --rounds and --max_new_tokens must be >= 1, --bad_fraction in (0, 1)")
-    result = run(args.target, args.requests, args.clients, args.rounds, args.bad_fraction, args.max_new_tokens,
-                 args.rss_growth_mib)
+    result = run(
+        args.target,
+        args.requests,
+        args.clients,
+        args.rounds,
+        args.bad_fraction,
+        args.max_new_tokens,
+        args.rss_growth_mib,
+    )
     print(json.dumps(result, indent=1, ensure_ascii=False))
     if args.output is not None:
         merged = json.loads(args.output.read_text()) if args.output.is_file() else {}

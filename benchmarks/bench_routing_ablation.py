@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 
-def evaluate_with_routing(model, processor, tsvs: dict[str, Path], weights: list[float] | None,
-                          work: Path) -> dict[str, float]:
+def evaluate_with_routing(
+    model, processor, tsvs: dict[str, Path], weights: list[float] | None, work: Path
+) -> dict[str, float]:
     """Held-out accuracy per language with every image routed by `weights` (None: the model's own router)."""
     import torch
 
@@ -31,11 +32,21 @@ def evaluate_with_routing(model, processor, tsvs: dict[str, Path], weights: list
     if weights is not None:
         fixed = torch.tensor(weights).log()  # softmax(log w) = w
         handle = model.model.moe.gate.register_forward_hook(
-            lambda module, args, logits: fixed.to(logits).expand_as(logits))
+            lambda module, args, logits: fixed.to(logits).expand_as(logits)
+        )
     try:
-        scores = evaluate(model, processor, benchmark=[str(p) for p in tsvs.values()], output_dir=work,
-                          batch_size=64, max_new_tokens=8, model_name="ablation", download=False, progress=False,
-                          overwrite=True)["parrot_demo"]
+        scores = evaluate(
+            model,
+            processor,
+            benchmark=[str(p) for p in tsvs.values()],
+            output_dir=work,
+            batch_size=64,
+            max_new_tokens=8,
+            model_name="ablation",
+            download=False,
+            progress=False,
+            overwrite=True,
+        )["parrot_demo"]
     finally:
         if handle is not None:
             handle.remove()
@@ -50,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers_parrot import ParrotForConditionalGeneration, ParrotProcessor
     from transformers_parrot.languages import FILE_CODES, LANGUAGES
 
-    out = {"command": " ".join(["python", "benchmarks/bench_routing_ablation.py", *(argv or sys.argv[1:])]),
-           "runs": []}
+    out = {
+        "command": " ".join(["python", "benchmarks/bench_routing_ablation.py", *(argv or sys.argv[1:])]),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.folders:
             routing = json.loads((folder / "results.json").read_text(encoding="utf-8"))["routing_mean_weight"]
@@ -59,18 +72,30 @@ def main(argv: list[str] | None = None) -> int:
             model = ParrotForConditionalGeneration.from_pretrained(folder / "model").eval()  # loaded once per folder
             processor = ParrotProcessor.from_pretrained(folder / "model")
             model.generation_config.do_sample = False
-            tsvs = {lang: folder / "data" / "test" / f"parrot_demo_{FILE_CODES.get(lang, lang)}.tsv"
-                    for lang in LANGUAGES}
+            tsvs = {
+                lang: folder / "data" / "test" / f"parrot_demo_{FILE_CODES.get(lang, lang)}.tsv" for lang in LANGUAGES
+            }
             tsvs = {lang: path for lang, path in tsvs.items() if path.exists()}
-            variants = {"own router": None, "uniform": [1.0 / experts] * experts,
-                        **{f"as {lang}": weights for lang, weights in routing.items()}}
-            accuracy = {name: evaluate_with_routing(model, processor, tsvs, weights, Path(tmp) / "eval")
-                        for name, weights in variants.items()}
+            variants = {
+                "own router": None,
+                "uniform": [1.0 / experts] * experts,
+                **{f"as {lang}": weights for lang, weights in routing.items()},
+            }
+            accuracy = {
+                name: evaluate_with_routing(model, processor, tsvs, weights, Path(tmp) / "eval")
+                for name, weights in variants.items()
+            }
             own = accuracy["own router"]
             drop = {name: max(0.0, *(own[lang] - acc[lang] for lang in own)) for name, acc in accuracy.items()}
             out["runs"].append({"folder": str(folder), "accuracy": accuracy, "largest_drop_points": drop})
-            print(f"{folder}: " + "; ".join(f"{name}: min {min(acc.values()):.0f} % (largest drop {drop[name]:.0f})"
-                                            for name, acc in accuracy.items()), flush=True)
+            print(
+                f"{folder}: "
+                + "; ".join(
+                    f"{name}: min {min(acc.values()):.0f} % (largest drop {drop[name]:.0f})"
+                    for name, acc in accuracy.items()
+                ),
+                flush=True,
+            )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

@@ -35,8 +35,12 @@ import torch
 
 WARMUP_REQUESTS = 2
 QUESTIONS = [
-    "What colour is the circle?", "圆圈是什么颜色？", "De que cor é o círculo?", "ما لون الدائرة؟",
-    "Dairenin rengi nedir?", "Какого цвета круг?",
+    "What colour is the circle?",
+    "圆圈是什么颜色？",
+    "De que cor é o círculo?",
+    "ما لون الدائرة؟",
+    "Dairenin rengi nedir?",
+    "Какого цвета круг?",
 ]
 
 
@@ -52,8 +56,13 @@ def build_model(directory: Path):
     vision = preset["vision"]
     processor = tiny_processor(image_size=vision["image_size"], patch_size=vision["patch_size"])
     text = {key: value for key, value in preset["text"].items() if key != "vocab_size"}
-    config = config_for_processor(processor, vision_config=vision, text_config=text, num_experts=preset["num_experts"],
-                                  moe_intermediate_size=preset["moe_intermediate_size"])
+    config = config_for_processor(
+        processor,
+        vision_config=vision,
+        text_config=text,
+        num_experts=preset["num_experts"],
+        moe_intermediate_size=preset["moe_intermediate_size"],
+    )
     torch.manual_seed(0)
     model = ParrotForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -71,8 +80,9 @@ def make_requests(processor, n: int) -> list[tuple[str, Any]]:
     for i in range(n):
         generator = torch.Generator().manual_seed(i)
         pixels = torch.randint(0, 256, (300 + 7 * i, 360, 3), generator=generator, dtype=torch.uint8)
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}
+        ]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         requests.append((prompt, Image.fromarray(pixels.numpy(), "RGB")))
     return requests
@@ -80,9 +90,14 @@ def make_requests(processor, n: int) -> list[tuple[str, Any]]:
 
 def summary(total_s: float, n: int, new_tokens: int, ttft: list[float], **extra) -> dict[str, Any]:
     ttft = sorted(ttft)
-    return {"seconds": total_s, "requests_per_s": n / total_s, "output_tokens_per_s": n * new_tokens / total_s,
-            "ttft_mean_s": statistics.fmean(ttft), "ttft_p90_s": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
-            **extra}
+    return {
+        "seconds": total_s,
+        "requests_per_s": n / total_s,
+        "output_tokens_per_s": n * new_tokens / total_s,
+        "ttft_mean_s": statistics.fmean(ttft),
+        "ttft_p90_s": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
+        **extra,
+    }
 
 
 @torch.no_grad()
@@ -100,12 +115,22 @@ def run_transformers(model, processor, requests, new_tokens: int, batch_size: in
     ttft = []
     start = time.perf_counter()
     for begin in range(0, len(requests), batch_size):
-        chunk = requests[begin:begin + batch_size]
-        batch = processor(text=[p for p, _ in chunk], images=[[image] for _, image in chunk], padding=True,
-                          padding_side="left", return_tensors="pt")
+        chunk = requests[begin : begin + batch_size]
+        batch = processor(
+            text=[p for p, _ in chunk],
+            images=[[image] for _, image in chunk],
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
         first = FirstStep()
-        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       logits_processor=LogitsProcessorList([first]))
+        model.generate(
+            **batch,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([first]),
+        )
         ttft += [first.at - start] * len(chunk)
     return summary(time.perf_counter() - start, len(requests), new_tokens, ttft, batch_size=batch_size)
 
@@ -113,11 +138,18 @@ def run_transformers(model, processor, requests, new_tokens: int, batch_size: in
 def run_vllm_offline(directory: Path, requests, warmup, new_tokens: int) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=str(directory), dtype="float32", seed=0, max_model_len=1024, disable_log_stats=False,
-              kv_cache_memory_bytes=2 << 30)
+    llm = LLM(
+        model=str(directory),
+        dtype="float32",
+        seed=0,
+        max_model_len=1024,
+        disable_log_stats=False,
+        kv_cache_memory_bytes=2 << 30,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
-    llm.generate([{"prompt": prompt, "multi_modal_data": {"image": image}} for prompt, image in warmup], params,
-                 use_tqdm=False)
+    llm.generate(
+        [{"prompt": prompt, "multi_modal_data": {"image": image}} for prompt, image in warmup], params, use_tqdm=False
+    )
     prompts = [{"prompt": prompt, "multi_modal_data": {"image": image}} for prompt, image in requests]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -137,9 +169,25 @@ def run_vllm_server(directory: Path, requests, warmup, new_tokens: int, concurre
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory), "--host",
-               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--seed", "0", "--max-model-len", "1024",
-               "--kv-cache-memory-bytes", str(2 << 30)]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(directory),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--seed",
+        "0",
+        "--max-model-len",
+        "1024",
+        "--kv-cache-memory-bytes",
+        str(2 << 30),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=1800)
     try:
@@ -161,16 +209,29 @@ def run_vllm_server(directory: Path, requests, warmup, new_tokens: int, concurre
             return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
         def body(i: int, image) -> list[dict]:
-            return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url(image)}},
-                                                 {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}]
+            return [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url(image)}},
+                        {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]},
+                    ],
+                }
+            ]
 
         bodies = [body(i, image) for i, (_, image) in enumerate(requests)]
         start = 0.0
 
         def one(messages) -> tuple[float, int]:
             stream = client.chat.completions.create(
-                model=str(directory), messages=messages, temperature=0.0, max_tokens=new_tokens, stream=True,
-                stream_options={"include_usage": True}, extra_body={"min_tokens": new_tokens, "ignore_eos": True})
+                model=str(directory),
+                messages=messages,
+                temperature=0.0,
+                max_tokens=new_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"min_tokens": new_tokens, "ignore_eos": True},
+            )
             first, tokens = None, 0
             for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].delta.content is not None:
@@ -194,19 +255,28 @@ def run_vllm_server(directory: Path, requests, warmup, new_tokens: int, concurre
 
 def markdown(result: dict[str, Any]) -> str:
     hf = result["transformers_best"]
-    lines = [f"# Serving benchmark ({result['environment']['device']})", "",
-             f"`{result['command']}`", "",
-             f"{result['requests']} requests (one image each, six languages), {result['new_tokens']} output tokens "
-             "each; all arrive at t=0.", "",
-             "| engine | s | requests/s | output tok/s | TTFT mean s | TTFT p90 s | tok/s vs HF |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Serving benchmark ({result['environment']['device']})",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"{result['requests']} requests (one image each, six languages), {result['new_tokens']} output tokens "
+        "each; all arrive at t=0.",
+        "",
+        "| engine | s | requests/s | output tok/s | TTFT mean s | TTFT p90 s | tok/s vs HF |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     rows = [(f"transformers generate, batch {r['batch_size']}", r) for r in result["transformers"]]
-    rows += [("vLLM offline LLM.generate", result["vllm_offline"]),
-             (f"vLLM OpenAI server, {result['vllm_server']['concurrency']} concurrent", result["vllm_server"])]
+    rows += [
+        ("vLLM offline LLM.generate", result["vllm_offline"]),
+        (f"vLLM OpenAI server, {result['vllm_server']['concurrency']} concurrent", result["vllm_server"]),
+    ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['seconds']:.1f} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} "
-                     f"| {r['ttft_mean_s']:.2f} | {r['ttft_p90_s']:.2f} | "
-                     f"{r['output_tokens_per_s'] / hf['output_tokens_per_s']:.2f}× |")
+        lines.append(
+            f"| {name} | {r['seconds']:.1f} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} "
+            f"| {r['ttft_mean_s']:.2f} | {r['ttft_p90_s']:.2f} | "
+            f"{r['output_tokens_per_s'] / hf['output_tokens_per_s']:.2f}× |"
+        )
     env = result["environment"]
     lines += ["", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items())]
     return "\n".join(lines) + "\n"
@@ -233,25 +303,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, processor = build_model(directory)
         # the warm-up requests' images are not among the measured ones: no cache hit is measured
         requests = make_requests(processor, args.requests + WARMUP_REQUESTS)
-        requests, warmup = requests[:args.requests], requests[args.requests:]
+        requests, warmup = requests[: args.requests], requests[args.requests :]
         run_transformers(model, processor, warmup, 2, WARMUP_REQUESTS)
-        hf_runs = [run_transformers(model, processor, requests, args.new_tokens, int(b))
-                   for b in args.hf_batch_sizes.split(",")]
+        hf_runs = [
+            run_transformers(model, processor, requests, args.new_tokens, int(b))
+            for b in args.hf_batch_sizes.split(",")
+        ]
         del model
         offline = run_vllm_offline(directory, requests, warmup, args.new_tokens)
         served = run_vllm_server(directory, requests, warmup, args.new_tokens, args.concurrency)
     best = max(hf_runs, key=lambda r: r["output_tokens_per_s"])
     result = {
         "command": "python benchmarks/bench_serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "requests": args.requests, "new_tokens": args.new_tokens,
-        "transformers": hf_runs, "transformers_best": best, "vllm_offline": offline, "vllm_server": served,
+        "requests": args.requests,
+        "new_tokens": args.new_tokens,
+        "transformers": hf_runs,
+        "transformers_best": best,
+        "vllm_offline": offline,
+        "vllm_server": served,
         "ratios_vs_transformers": {
             name: {key: run[key] / best[key] for key in ("requests_per_s", "output_tokens_per_s", "ttft_mean_s")}
-            for name, run in (("vllm_offline", offline), ("vllm_server", served))},
-        "environment": {"device": "cpu", "cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-                        "transformers": transformers.__version__, "vllm": vllm.__version__,
-                        "python": platform.python_version()},
+            for name, run in (("vllm_offline", offline), ("vllm_server", served))
+        },
+        "environment": {
+            "device": "cpu",
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": threads,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vllm": vllm.__version__,
+            "python": platform.python_version(),
+        },
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -58,31 +58,85 @@ from transformers_parrot.models.parrot.configuration_parrot import tokens_per_im
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: for the smoke test.
     "tiny": {
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "image_size": 30, "patch_size": 10},
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "vocab_size": 512},
-        "num_experts": 6, "moe_intermediate_size": 64,
-        "prompt_tokens": 16, "new_tokens": 8, "train_batch": 2, "answer_tokens": 8, "repeats": 2,
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 30,
+            "patch_size": 10,
+        },
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 512,
+        },
+        "num_experts": 6,
+        "moe_intermediate_size": 64,
+        "prompt_tokens": 16,
+        "new_tokens": 8,
+        "train_batch": 2,
+        "answer_tokens": 8,
+        "repeats": 2,
     },
     # ~100M parameters; the MoE is exactly the issue's measurement setting (batch 8, 577 tokens, hidden 1024,
     # intermediate 1024, 6 experts); a light CLIP at 336 px / patch 14 gives Parrot's 577 visual tokens.
     "small": {
-        "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
-                   "image_size": 336, "patch_size": 14},
-        "text": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 4, "num_attention_heads": 16,
-                 "num_key_value_heads": 16, "vocab_size": 16384},
-        "num_experts": 6, "moe_intermediate_size": 1024,
-        "prompt_tokens": 32, "new_tokens": 16, "train_batch": 2, "answer_tokens": 32, "repeats": 7,
+        "vision": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 336,
+            "patch_size": 14,
+        },
+        "text": {
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "vocab_size": 16384,
+        },
+        "num_experts": 6,
+        "moe_intermediate_size": 1024,
+        "prompt_tokens": 32,
+        "new_tokens": 16,
+        "train_batch": 2,
+        "answer_tokens": 32,
+        "repeats": 7,
     },
     # Parrot-7B shapes (CLIP ViT-L/14-336 + Qwen1.5-7B): for GPUs (~16 GB of bf16 weights per model).
     "7b": {
-        "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                   "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "hidden_act": "quick_gelu"},
-        "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-                 "num_key_value_heads": 32, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0},
-        "num_experts": 6, "moe_intermediate_size": 4096,
-        "prompt_tokens": 48, "new_tokens": 64, "train_batch": 1, "answer_tokens": 64, "repeats": 5,
+        "vision": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+            "hidden_act": "quick_gelu",
+        },
+        "text": {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "vocab_size": 151936,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+        },
+        "num_experts": 6,
+        "moe_intermediate_size": 4096,
+        "prompt_tokens": 48,
+        "new_tokens": 64,
+        "train_batch": 1,
+        "answer_tokens": 64,
+        "repeats": 5,
     },
 }
 
@@ -93,8 +147,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def special_ids(vocab_size: int) -> dict[str, int]:
     """Special tokens at the top of the vocabulary; random prompt text is drawn below them."""
-    return {"image": vocab_size - 1, "im_start": vocab_size - 2, "im_end": vocab_size - 3,
-            "assistant": vocab_size - 4, "newline": vocab_size - 5, "text_max": vocab_size - 8}
+    return {
+        "image": vocab_size - 1,
+        "im_start": vocab_size - 2,
+        "im_end": vocab_size - 3,
+        "assistant": vocab_size - 4,
+        "newline": vocab_size - 5,
+        "text_max": vocab_size - 8,
+    }
 
 
 def configs(preset: dict[str, Any], attn_implementation: str | None = None):
@@ -105,18 +165,35 @@ def configs(preset: dict[str, Any], attn_implementation: str | None = None):
 
     vocab = preset["text"]["vocab_size"]
     ids = special_ids(vocab)
-    vision = {"model_type": "clip_vision_model", "projection_dim": preset["vision"]["hidden_size"],
-              **preset["vision"]}
-    text = {"model_type": "qwen2", "max_position_embeddings": 4096, "tie_word_embeddings": False,
-            "use_sliding_window": False, "eos_token_id": ids["im_end"], "pad_token_id": ids["im_end"],
-            **preset["text"]}
+    vision = {"model_type": "clip_vision_model", "projection_dim": preset["vision"]["hidden_size"], **preset["vision"]}
+    text = {
+        "model_type": "qwen2",
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "eos_token_id": ids["im_end"],
+        "pad_token_id": ids["im_end"],
+        **preset["text"],
+    }
     seq = tokens_per_image(vision["image_size"], vision["patch_size"])
-    common = {"image_token_id": ids["image"], "vision_feature_layer": -2, "vision_feature_select_strategy": "full",
-              "projector_hidden_act": "gelu", "multimodal_projector_bias": True, "image_seq_length": seq,
-              "tie_word_embeddings": False}
-    parrot = ParrotConfig(vision_config=dict(vision), text_config=dict(text), num_experts=preset["num_experts"],
-                          moe_intermediate_size=preset["moe_intermediate_size"], moe_residual_weight=0.1,
-                          assistant_header_ids=[ids["im_start"], ids["assistant"], ids["newline"]], **common)
+    common = {
+        "image_token_id": ids["image"],
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "full",
+        "projector_hidden_act": "gelu",
+        "multimodal_projector_bias": True,
+        "image_seq_length": seq,
+        "tie_word_embeddings": False,
+    }
+    parrot = ParrotConfig(
+        vision_config=dict(vision),
+        text_config=dict(text),
+        num_experts=preset["num_experts"],
+        moe_intermediate_size=preset["moe_intermediate_size"],
+        moe_residual_weight=0.1,
+        assistant_header_ids=[ids["im_start"], ids["assistant"], ids["newline"]],
+        **common,
+    )
     llava = LlavaConfig(vision_config=dict(vision), text_config=dict(text), **common)
     for config in (parrot, llava):
         if attn_implementation:
@@ -126,8 +203,14 @@ def configs(preset: dict[str, Any], attn_implementation: str | None = None):
     return parrot, llava
 
 
-def build_models(preset: dict[str, Any], device: str, dtype: torch.dtype, attn_implementation: str | None,
-                 which: tuple[str, ...] = ("parrot", "llava"), seed: int = 0):
+def build_models(
+    preset: dict[str, Any],
+    device: str,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    which: tuple[str, ...] = ("parrot", "llava"),
+    seed: int = 0,
+):
     """Parrot with seeded random weights; LLaVA with every shared weight copied from it by name."""
     from transformers import LlavaForConditionalGeneration
 
@@ -161,8 +244,9 @@ def build_models(preset: dict[str, Any], device: str, dtype: torch.dtype, attn_i
     return models
 
 
-def make_inputs(preset: dict[str, Any], batch: int, device: str, dtype: torch.dtype, with_answer: bool = False,
-                seed: int = 1) -> dict[str, torch.Tensor]:
+def make_inputs(
+    preset: dict[str, Any], batch: int, device: str, dtype: torch.dtype, with_answer: bool = False, seed: int = 1
+) -> dict[str, torch.Tensor]:
     """ChatML-shaped batch: system, user turn with the expanded <image> and a question, assistant header
     (and, for training, an answer with labels on it only)."""
     vocab = preset["text"]["vocab_size"]
@@ -177,17 +261,36 @@ def make_inputs(preset: dict[str, Any], batch: int, device: str, dtype: torch.dt
         return torch.full((batch, 1), ids[name])
 
     n_prompt = preset["prompt_tokens"]
-    parts = [tok("im_start"), text(4), tok("newline"), text(max(n_prompt // 4, 1)), tok("im_end"), tok("newline"),
-             tok("im_start"), text(1), tok("newline"), torch.full((batch, seq), ids["image"]), tok("newline"),
-             text(n_prompt), tok("im_end"), tok("newline"), tok("im_start"), tok("assistant"), tok("newline")]
+    parts = [
+        tok("im_start"),
+        text(4),
+        tok("newline"),
+        text(max(n_prompt // 4, 1)),
+        tok("im_end"),
+        tok("newline"),
+        tok("im_start"),
+        text(1),
+        tok("newline"),
+        torch.full((batch, seq), ids["image"]),
+        tok("newline"),
+        text(n_prompt),
+        tok("im_end"),
+        tok("newline"),
+        tok("im_start"),
+        tok("assistant"),
+        tok("newline"),
+    ]
     prompt_len = sum(part.shape[1] for part in parts)
     if with_answer:
         parts += [text(preset["answer_tokens"]), tok("im_end"), tok("newline")]
     input_ids = torch.cat(parts, dim=1)
     size = preset["vision"]["image_size"]
     pixel_values = torch.randn(batch, 3, size, size, generator=gen)
-    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-              "pixel_values": pixel_values.to(device=device, dtype=dtype)}
+    inputs = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": pixel_values.to(device=device, dtype=dtype),
+    }
     if with_answer:
         labels = input_ids.clone()
         labels[:, :prompt_len] = -100
@@ -334,8 +437,13 @@ def measure_moe(parrot, preset, device, dtype, repeats: int) -> dict[str, Any]:
     flops = moe_dense_flops(n, seq, hidden, inter, experts)
     plain_t, dense_t, top1_t = (median(samples[k]) for k in ("plain_matmul", "moe_dense", "moe_top1"))
     return {
-        "moe_shape": {"images": n, "tokens_per_image": seq, "hidden": hidden, "intermediate": inter,
-                      "experts": experts},
+        "moe_shape": {
+            "images": n,
+            "tokens_per_image": seq,
+            "hidden": hidden,
+            "intermediate": inter,
+            "experts": experts,
+        },
         "moe_dense_flops": flops,
         "moe_gflops_per_s": flops / dense_t / 1e9,
         "plain_matmul_gflops_per_s": flops / plain_t / 1e9,
@@ -350,7 +458,7 @@ def measure_moe(parrot, preset, device, dtype, repeats: int) -> dict[str, Any]:
 def measure_prefill(models, inputs, device, repeats) -> dict[str, list[float]]:
     fns = {}
     for name, model in models.items():
-        fns[name] = (lambda m: (lambda: m(**inputs, logits_to_keep=1)))(model)
+        fns[name] = (lambda m: lambda: m(**inputs, logits_to_keep=1))(model)
     with torch.inference_mode():
         return alternate(fns, repeats, device)
 
@@ -363,6 +471,7 @@ def measure_decode(models, inputs, new_tokens, device, repeats) -> dict[str, Any
         def run():
             out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True)
             generated[name] = out
+
         return run
 
     fns = {}
@@ -470,8 +579,20 @@ def memory_worker(args) -> None:
 
 
 def measure_memory(args, model: str, workload: str) -> int:
-    cmd = [sys.executable, os.path.abspath(__file__), "--preset", args.preset, "--device", args.device,
-           "--dtype", args.dtype, "--_memory-model", model, "--_memory-workload", workload]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--_memory-model",
+        model,
+        "--_memory-workload",
+        workload,
+    ]
     if args.attn:
         cmd += ["--attn", args.attn]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -585,14 +706,25 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "prefill_b1": (result["prefill_ratio_b1"], "<=", 1 + flops["moe_flop_share_prefill_b1"] + 0.05),
         "prefill_b8": (result["prefill_ratio_b8"], "<=", 1 + flops["moe_flop_share_prefill_b8"] + 0.05),
         "decode": (result["decode_ratio"], ">=", 0.97),
-        "train_step": (result["train_step_ratio"], "<=", flops["parrot_train_flops"] / flops["llava_train_flops"] + 0.08),
+        "train_step": (
+            result["train_step_ratio"],
+            "<=",
+            flops["parrot_train_flops"] / flops["llava_train_flops"] + 0.08,
+        ),
         "moe_matmul_efficiency": (result["moe_matmul_efficiency"], ">=", 0.90),
         "moe_top1_time_ratio": (result["moe_top1_time_ratio"], "<=", 1.1 / experts),
     }
     spreads = result["spreads"]
-    return {name: {"value": value, "op": op, "limit": limit, "met": value <= limit if op == "<=" else value >= limit,
-                   "per_round": spreads[name]}
-            for name, (value, op, limit) in rows.items()}
+    return {
+        name: {
+            "value": value,
+            "op": op,
+            "limit": limit,
+            "met": value <= limit if op == "<=" else value >= limit,
+            "per_round": spreads[name],
+        }
+        for name, (value, op, limit) in rows.items()
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -610,15 +742,24 @@ def markdown(result: dict[str, Any]) -> str:
         "| measure | LLaVA | Parrot | Parrot / LLaVA (medians) | ratio of minima |",
         "|---|---:|---:|---:|---:|",
     ]
-    for key, label in (("prefill_b1", "prefill, batch 1 (s)"), ("prefill_b8", "prefill, batch 8 (s)"),
-                       ("train_step", f"SFT step, batch {raw['train_batch']}, fwd+bwd+AdamW (s)")):
-        lines.append(f"| {label} | {raw[key]['llava_median_s']:.3f} | {raw[key]['parrot_median_s']:.3f} | "
-                     f"{raw[key]['ratio']:.3f} | {raw[key]['ratio_of_min']:.3f} |")
+    for key, label in (
+        ("prefill_b1", "prefill, batch 1 (s)"),
+        ("prefill_b8", "prefill, batch 8 (s)"),
+        ("train_step", f"SFT step, batch {raw['train_batch']}, fwd+bwd+AdamW (s)"),
+    ):
+        lines.append(
+            f"| {label} | {raw[key]['llava_median_s']:.3f} | {raw[key]['parrot_median_s']:.3f} | "
+            f"{raw[key]['ratio']:.3f} | {raw[key]['ratio_of_min']:.3f} |"
+        )
     dec = raw["decode"]
-    lines.append(f"| decode, batch 1 (tokens/s) | {dec['llava_tokens_per_s']:.1f} | {dec['parrot_tokens_per_s']:.1f} |"
-                 f" {result['decode_ratio']:.3f} | |")
-    for key, label in (("prefill_b8", "peak memory, prefill batch 8 (MiB)"),
-                       ("train", f"peak memory, SFT step batch {raw['train_batch']} (MiB)")):
+    lines.append(
+        f"| decode, batch 1 (tokens/s) | {dec['llava_tokens_per_s']:.1f} | {dec['parrot_tokens_per_s']:.1f} |"
+        f" {result['decode_ratio']:.3f} | |"
+    )
+    for key, label in (
+        ("prefill_b8", "peak memory, prefill batch 8 (MiB)"),
+        ("train", f"peak memory, SFT step batch {raw['train_batch']} (MiB)"),
+    ):
         if "peak_memory" not in raw:
             break
         mem = raw["peak_memory"][key]
@@ -641,16 +782,23 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, row in result["targets"].items():
         rounds = row["per_round"]
-        lines.append(f"| {name} | {row['value']:.3f} | {rounds['median']:.3f} [{rounds['min']:.3f}, {rounds['max']:.3f}] "
-                     f"| {row['op']} {row['limit']:.3f} | {'yes' if row['met'] else 'no'} |")
-    lines += ["", f"Correctness: Parrot with `use_moe=False` vs LLaVA, max |Δlogits| = "
-              f"{result['correctness']['max_abs_diff_use_moe_false']:.2e} "
-              f"(bitwise equal: {result['correctness']['bitwise_equal_use_moe_false']})."]
+        lines.append(
+            f"| {name} | {row['value']:.3f} | {rounds['median']:.3f} [{rounds['min']:.3f}, {rounds['max']:.3f}] "
+            f"| {row['op']} {row['limit']:.3f} | {'yes' if row['met'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Correctness: Parrot with `use_moe=False` vs LLaVA, max |Δlogits| = "
+        f"{result['correctness']['max_abs_diff_use_moe_false']:.2e} "
+        f"(bitwise equal: {result['correctness']['bitwise_equal_use_moe_false']}).",
+    ]
     if "compile" in result:
         comp = result["compile"]
         lines.append("")
-        lines.append("Compile / bf16 checks: " + ", ".join(
-            f"{key}={value}" for key, value in comp.items() if not isinstance(value, list)))
+        lines.append(
+            "Compile / bf16 checks: "
+            + ", ".join(f"{key}={value}" for key, value in comp.items() if not isinstance(value, list))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -658,8 +806,14 @@ def environment(device: str) -> dict[str, Any]:
     import transformers
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
-    return {"device": device, "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    return {
+        "device": device,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def pick_attention(device: str) -> str | None:
@@ -677,14 +831,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="default: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--attn", default=None, help="attention implementation (default: sdpa; flash_attention_2 "
-                        "on CUDA when flash-attn is installed)")
-    parser.add_argument("--json", help="where to write the JSON results (default: "
-                        "benchmarks/results/<preset>_<device type>.json)")
-    parser.add_argument("--markdown", default=None, help="where to write the Markdown table (default: the --json "
-                        "path with .md when --json is not given)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: float32 on CPU, bfloat16 on CUDA"
+    )
+    parser.add_argument(
+        "--attn",
+        default=None,
+        help="attention implementation (default: sdpa; flash_attention_2 on CUDA when flash-attn is installed)",
+    )
+    parser.add_argument(
+        "--json", help="where to write the JSON results (default: benchmarks/results/<preset>_<device type>.json)"
+    )
+    parser.add_argument(
+        "--markdown",
+        default=None,
+        help="where to write the Markdown table (default: the --json path with .md when --json is not given)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (preset default)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--check-compile", action="store_true", help="torch.compile / static cache / bf16 checks")
@@ -730,10 +892,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     correctness = check_identical_without_moe(models, inputs_b1)
 
     def summarize(samples):
-        return {"parrot_median_s": median(samples["parrot"]), "llava_median_s": median(samples["llava"]),
-                "ratio": median(samples["parrot"]) / median(samples["llava"]),
-                "ratio_of_min": min(samples["parrot"]) / min(samples["llava"]),
-                "ratio_spread": spread(samples["parrot"], samples["llava"]), "samples": samples}
+        return {
+            "parrot_median_s": median(samples["parrot"]),
+            "llava_median_s": median(samples["llava"]),
+            "ratio": median(samples["parrot"]) / median(samples["llava"]),
+            "ratio_of_min": min(samples["parrot"]) / min(samples["llava"]),
+            "ratio_spread": spread(samples["parrot"], samples["llava"]),
+            "samples": samples,
+        }
 
     log("prefill b1")
     raw["prefill_b1"] = summarize(measure_prefill(models, inputs_b1, device, repeats))
@@ -750,9 +916,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if not args.skip_memory:
         log("peak memory (subprocesses)")
-        raw["peak_memory"] = {"method": "CUDA max_memory_allocated" if device.startswith("cuda") else
-                              "peak RSS (VmHWM, reset via /proc/self/clear_refs) of a fresh subprocess minus its RSS "
-                              "just before the model is built: weights + optimizer state + peak activations"}
+        raw["peak_memory"] = {
+            "method": "CUDA max_memory_allocated"
+            if device.startswith("cuda")
+            else "peak RSS (VmHWM, reset via /proc/self/clear_refs) of a fresh subprocess minus its RSS "
+            "just before the model is built: weights + optimizer state + peak activations"
+        }
         for workload in ("prefill_b8", "train"):
             mem = {name: measure_memory(args, name, workload) for name in ("llava", "parrot")}
             mem["ratio"] = mem["parrot"] / mem["llava"] if mem["llava"] > 0 else None  # tiny: below RSS noise

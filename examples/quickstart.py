@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         dtype = torch_dtype(args.dtype)
         processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            args.model, dtype=dtype, trust_remote_code=args.trust_remote_code, quantization_config=quantization,
+            args.model,
+            dtype=dtype,
+            trust_remote_code=args.trust_remote_code,
+            quantization_config=quantization,
             device_map="auto" if torch.cuda.is_available() else ("cpu" if quantization is not None else None),
         ).eval()
     else:
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
 
     answer = pipeline("image-text-to-text", model=model, processor=processor)
     for lang, question in QUESTIONS.items():
-        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}
+        ]
         reply = answer(text=messages, max_new_tokens=args.max_new_tokens, generate_kwargs={"do_sample": False})
         text = reply[0]["generated_text"]
         text = text[-1]["content"] if isinstance(text, list) else text

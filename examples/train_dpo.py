@@ -26,8 +26,12 @@ from transformers_parrot.training import (
 )
 
 
-def main(script_args: ParrotScriptArguments, training_args: ParrotDPOConfig, model_args: ModelConfig,
-         callbacks: list | None = None) -> ParrotDPOTrainer:
+def main(
+    script_args: ParrotScriptArguments,
+    training_args: ParrotDPOConfig,
+    model_args: ModelConfig,
+    callbacks: list | None = None,
+) -> ParrotDPOTrainer:
     ################
     # Model, reference model & processor: the policy trains as in stage 2 (LoRA on the LLM with --use_peft)
     ################

@@ -23,8 +23,12 @@ from transformers_parrot.training import (
 )
 
 
-def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, model_args: ModelConfig,
-         callbacks: list | None = None) -> ParrotSFTTrainer:
+def main(
+    script_args: ParrotScriptArguments,
+    training_args: ParrotSFTConfig,
+    model_args: ModelConfig,
+    callbacks: list | None = None,
+) -> ParrotSFTTrainer:
     ################
     # Model & processor: a Parrot checkpoint (usually stage 1's), set up as in stage 2
     ################

@@ -30,8 +30,12 @@ from transformers_parrot.training import (
 )
 
 
-def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, model_args: ModelConfig,
-         callbacks: list | None = None) -> ParrotSFTTrainer:
+def main(
+    script_args: ParrotScriptArguments,
+    training_args: ParrotSFTConfig,
+    model_args: ModelConfig,
+    callbacks: list | None = None,
+) -> ParrotSFTTrainer:
     ################
     # Model & processor: a Parrot checkpoint, or a fresh Parrot from --vision_model + --llm_model
     ################
@@ -42,8 +46,9 @@ def main(script_args: ParrotScriptArguments, training_args: ParrotSFTConfig, mod
     ################
     # Dataset: LLaVA JSON / conversational sources, every sample validated, mixed by --dataset_ratios
     ################
-    train_dataset, report = load_training_data(script_args, script_args.datasets, script_args.dataset_ratios,
-                                               seed=training_args.seed)
+    train_dataset, report = load_training_data(
+        script_args, script_args.datasets, script_args.dataset_ratios, seed=training_args.seed
+    )
 
     ################
     # Training: the vision collator renders the chat template, expands <image> and masks all but the

@@ -33,6 +33,12 @@ if __name__ == "__main__":
     dist.all_gather_object(per_rank, record.has_images)
     mixed_steps = sum(len(set(flags)) > 1 for flags in zip(*per_rank))
     rank = trainer.accelerator.process_index
-    torch.save({"state": state, "world_size": trainer.accelerator.num_processes, "mixed_steps": mixed_steps,
-                "global_step": trainer.state.global_step},
-               os.path.join(trainer.args.output_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "state": state,
+            "world_size": trainer.accelerator.num_processes,
+            "mixed_steps": mixed_steps,
+            "global_step": trainer.state.global_step,
+        },
+        os.path.join(trainer.args.output_dir, f"rank{rank}.pt"),
+    )

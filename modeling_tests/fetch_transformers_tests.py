@@ -58,8 +58,19 @@ def fetch(dest: Path) -> Path:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             f"transformers=={transformers.__version__}", "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"transformers=={transformers.__version__}",
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         sdist = next(Path(tmp).glob("transformers-*.tar.gz"))

@@ -15,13 +15,19 @@ STEPS, LR = 2, 0.1
 
 def rank_batches(processor: ParrotProcessor) -> list[dict]:
     """Rank 0: an image question; rank 1: a text-only question (the modality differs across ranks)."""
-    visual = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
-              {"role": "assistant", "content": [{"type": "text", "text": "Red."}]}]
-    text = [{"role": "user", "content": [{"type": "text", "text": "Merhaba de."}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "Merhaba."}]}]
+    visual = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+    ]
+    text = [
+        {"role": "user", "content": [{"type": "text", "text": "Merhaba de."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Merhaba."}]},
+    ]
     image = Image.new("RGB", (20, 30), (200, 10, 10))
-    return [processor(text=[processor.apply_chat_template(visual, tokenize=False)], images=[image], return_tensors="pt"),
-            processor(text=[processor.apply_chat_template(text, tokenize=False)], return_tensors="pt")]
+    return [
+        processor(text=[processor.apply_chat_template(visual, tokenize=False)], images=[image], return_tensors="pt"),
+        processor(text=[processor.apply_chat_template(text, tokenize=False)], return_tensors="pt"),
+    ]
 
 
 def main(path: str, out: str) -> None:

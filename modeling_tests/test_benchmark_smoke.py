@@ -86,14 +86,25 @@ def test_tiny_preset_end_to_end(bench, tmp_path):
     assert result["correctness"]["bitwise_equal_use_moe_false"] is True
     # The FLOP difference Parrot - LLaVA is the MoE's two expert matmuls plus its small router.
     preset = bench.PRESETS["tiny"]
-    experts = bench.moe_dense_flops(8, raw["image_seq_length"], preset["text"]["hidden_size"],
-                                    preset["moe_intermediate_size"], preset["num_experts"])
+    experts = bench.moe_dense_flops(
+        8,
+        raw["image_seq_length"],
+        preset["text"]["hidden_size"],
+        preset["moe_intermediate_size"],
+        preset["num_experts"],
+    )
     flops = result["flops"]
     assert experts <= flops["parrot_prefill_b8_flops"] - flops["llava_prefill_b8_flops"] <= experts * 1.10
     for key in ("prefill_b1", "prefill_b8", "train"):
         assert 0.0 < flops[f"moe_flop_share_{key}"] < 1.0
-    assert set(result["targets"]) >= {"prefill_b1", "prefill_b8", "decode", "train_step",
-                                      "moe_matmul_efficiency", "moe_top1_time_ratio"}
+    assert set(result["targets"]) >= {
+        "prefill_b1",
+        "prefill_b8",
+        "decode",
+        "train_step",
+        "moe_matmul_efficiency",
+        "moe_top1_time_ratio",
+    }
     table = out_md.read_text()
     assert "| prefill, batch 1 (s) |" in table and "| target |" in table
 
@@ -117,8 +128,23 @@ def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "eval.json"
-    result = module.main(["--preset", "tiny", "--rows", "6", "--batch_sizes", "1,3", "--max_new_tokens", "3",
-                          "--threads", "1", "--no_two_processes", "--json", str(out)])
+    result = module.main(
+        [
+            "--preset",
+            "tiny",
+            "--rows",
+            "6",
+            "--batch_sizes",
+            "1,3",
+            "--max_new_tokens",
+            "3",
+            "--threads",
+            "1",
+            "--no_two_processes",
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert set(result["questions_per_second"]) == {"hf_b1", "hf_b3"}
     assert result["predictions_equal_hf_b1"] == {"hf_b1": True, "hf_b3": True}

@@ -117,7 +117,7 @@ def test_stream_matches_generate_and_routing(local, image_file):
     picture = make_image(3)
     inputs = processor(text=[chatml((question, True, None))], images=[[picture]], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert final.text == expected
 
     reference = routing_weights(model, processor, [picture], [question])[0]
@@ -133,7 +133,7 @@ def test_multi_turn_prompt_and_routing(local, image_file):
     prompt = chatml((QUESTIONS["en"], True, "red"), (QUESTIONS["ru"], False, None))  # the failed turn is left out
     inputs = processor(text=[prompt], images=[[make_image(3)]], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    assert final.text == processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert final.text == processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     with torch.no_grad():
         logits = model(**inputs, output_router_logits=True).router_logits
     torch.testing.assert_close(torch.tensor(final.routing), logits[0].softmax(-1), rtol=0, atol=1e-6)
@@ -212,8 +212,15 @@ class _FakeServer(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         if body["max_tokens"] > 100:
-            return self._json(400, {"object": "error", "message": "This model's maximum context length is 128 tokens",
-                                    "type": "BadRequestError", "code": 400})
+            return self._json(
+                400,
+                {
+                    "object": "error",
+                    "message": "This model's maximum context length is 128 tokens",
+                    "type": "BadRequestError",
+                    "code": 400,
+                },
+            )
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -297,8 +304,9 @@ def test_answer_turns_errors_into_messages(app, tmp_path, image_file):
     assert history[-1].error == "Please type a question."
     history = list(app.answer(history, "two", [image_file, image_file], settings))[-1]
     assert "2 images were attached" in history[-1].error
-    seen = [(h[-1].answer, h[-1].routing is not None) for h in app.answer(history, QUESTIONS["ar"], [image_file],
-                                                                          settings)]
+    seen = [
+        (h[-1].answer, h[-1].routing is not None) for h in app.answer(history, QUESTIONS["ar"], [image_file], settings)
+    ]
     history = list(app.answer(history, QUESTIONS["ar"], [image_file], settings))[-1]
     assert history[-1].ok and history[-1].routing is not None  # the next request works
     assert seen[0] == (None, False) and seen[-1] == (history[-1].answer, True)  # pending first, then the stream
@@ -351,8 +359,9 @@ def test_server_mode_page_says_no_routing(fake_server):
 
     app = ChatApp(ServerBackend(fake_server))
     assert "Routing charts are not available in this mode" in app.header()
-    assert "only available for a model loaded in this process" in app.compare([Turn("q", "x.png", answer="a")],
-                                                                                 {"en": "q"})
+    assert "only available for a model loaded in this process" in app.compare(
+        [Turn("q", "x.png", answer="a")], {"en": "q"}
+    )
     history = list(app.answer([], "Quantas formas?", [], Settings(max_new_tokens=8)))[-1]
     assert history[-1].answer == "Two shapes." and history[-1].routing is None
 
@@ -372,7 +381,8 @@ def test_two_sessions_at_once(app, image_file):
     for session in ("zh", "pt"):
         alone = list(app.answer([], QUESTIONS[session], [image_file], Settings(max_new_tokens=16)))[-1]
         assert results[session][-1].answer == alone[-1].answer and results[session][-1].routing == pytest.approx(
-            alone[-1].routing, abs=1e-6)
+            alone[-1].routing, abs=1e-6
+        )
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -391,7 +401,6 @@ def test_cli_without_model(tmp_path, monkeypatch, capsys):
     assert cli.resolve_model("x") == ("x", None)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--model", "a", "--server", "http://b"])
-
 
 
 # ---------------------------------------------------------------------------------------------- the Hub Space
@@ -418,7 +427,7 @@ def test_space_app_loads_a_native_folder(tmp_path, local):
     assert isinstance(app.build(), __import__("gradio").Blocks)
 
 
-def test_space_app_converts_an_original_checkpoint(tmp_path, original_tokenizer, clip_dir):
+def test_space_app_converts_an_original_checkpoint(tmp_path, original_tokenizer, clip_dir):  # noqa: F811
     pytest.importorskip("gradio")
     space = _space_module()
     original = write_original(tmp_path / "Parrot-orig", original_tokenizer, clip_dir)
@@ -443,7 +452,7 @@ def test_one_request_per_tab(app, image_file):
 
     def first():
         with app.turn("tab"):
-            for history in app.answer([], "long", [image_file], Settings(max_new_tokens=400), "tab"):
+            for history in app.answer([], "long", [image_file], Settings(max_new_tokens=400), "tab"):  # noqa: B007
                 started.set()
             order.append(("first done", history[-1].stopped))
 

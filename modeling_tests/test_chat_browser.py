@@ -20,11 +20,17 @@ import pytest
 from fixtures import QUESTIONS, make_image, sharpen_routing
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ANSWER_TIMEOUT_MS = 120_000
 SUBMIT = "#parrot-input button.submit-button"
-
 
 
 def _require_browser() -> None:
@@ -35,11 +41,13 @@ def _require_browser() -> None:
     missing = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
     missing += [CHROMIUM] if not os.path.exists(CHROMIUM) else []
     if missing:
-        message = (f"browser test needs {', '.join(missing)} "
-                   "(pip install -e '.[chat]' playwright; apt-get install chromium)")
+        message = (
+            f"browser test needs {', '.join(missing)} (pip install -e '.[chat]' playwright; apt-get install chromium)"
+        )
         if os.environ.get("PARROT_REQUIRE_BROWSER") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
 
 # Records every distinct text of the newest answer while it streams (the page replaces it as tokens arrive).
 WATCH_STREAM = """() => {
@@ -81,11 +89,20 @@ def served(tmp_path_factory):
     port = _free_port()
     script = Path(sys.executable).with_name("parrot-chat")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "transformers_parrot.chat.cli"]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "NO_PROXY": "127.0.0.1,localhost"}
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
     log = open(folder / "server.log", "w")
-    proc = subprocess.Popen(command + ["--model", str(folder), "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        command + ["--model", str(folder), "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -115,8 +132,12 @@ def browser_context():
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="parrot-chat-chromium-"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1100})
+            tempfile.mkdtemp(prefix="parrot-chat-chromium-"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1100},
+        )
         yield context
         context.close()
 
@@ -159,7 +180,9 @@ def _wait_answers(page, count: int) -> None:
     page.wait_for_function(
         "() => document.querySelectorAll('#parrot-chatbot .parrot-text, #parrot-chatbot .parrot-error').length"
         f" >= {2 * count} && "
-        "!document.querySelector('#parrot-input textarea').disabled", timeout=ANSWER_TIMEOUT_MS)
+        "!document.querySelector('#parrot-input textarea').disabled",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
 
 
 def test_chinese_question_streams_with_routing_chart(served, page, artifacts, tmp_path):
@@ -230,8 +253,9 @@ def test_bad_input_never_breaks_the_page(page, artifacts, tmp_path):
     _wait_answers(page, 1)
 
     _ask(page, "word " * 1500)  # over the tiny model's 1024-token context
-    page.wait_for_function("() => document.querySelectorAll('#parrot-chatbot .parrot-error').length >= 2",
-                           timeout=ANSWER_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#parrot-chatbot .parrot-error').length >= 2", timeout=ANSWER_TIMEOUT_MS
+    )
     assert "context of 1024 tokens" in page.locator("#parrot-chatbot .parrot-error").last.text_content()
     _wait_answers(page, 2)
 
@@ -244,8 +268,9 @@ def test_bad_input_never_breaks_the_page(page, artifacts, tmp_path):
     second = tmp_path / "second.png"
     make_image(10).save(second)
     _ask(page, "and this one?", str(second))  # a second image in a one-image model
-    page.wait_for_function("() => document.querySelectorAll('#parrot-chatbot .parrot-error').length >= 3",
-                           timeout=ANSWER_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#parrot-chatbot .parrot-error').length >= 3", timeout=ANSWER_TIMEOUT_MS
+    )
     assert "Clear the chat" in page.locator("#parrot-chatbot .parrot-error").last.text_content()
     _wait_answers(page, 4)
     page.screenshot(path=str(artifacts / "chat_bad_input.png"), full_page=True)
@@ -266,13 +291,16 @@ def test_pasted_image(page, tmp_path):
     buffer = io.BytesIO()
     make_image(12).save(buffer, format="PNG")
     page.fill("#parrot-input textarea", QUESTIONS["pt"])
-    page.evaluate("""(b64) => {
+    page.evaluate(
+        """(b64) => {
       const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
       const data = new DataTransfer();
       data.items.add(new File([bytes], 'pasted.png', {type: 'image/png'}));
       document.querySelector('#parrot-input textarea').dispatchEvent(
         new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
-    }""", base64.b64encode(buffer.getvalue()).decode())
+    }""",
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
     page.wait_for_selector("#parrot-input img", timeout=30_000)
     page.click(SUBMIT)
     page.wait_for_selector("#parrot-chatbot svg.parrot-routing-chart", timeout=ANSWER_TIMEOUT_MS)
@@ -285,8 +313,9 @@ def test_stop_button(page, tmp_path):
     _set_max_new_tokens(page, 2048)
     page.evaluate(WATCH_STREAM)
     _ask(page, "tell me everything", str(picture))
-    page.wait_for_function("() => window.__parrotSeen.filter(t => t && t !== '…').length >= 2",
-                           timeout=ANSWER_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => window.__parrotSeen.filter(t => t && t !== '…').length >= 2", timeout=ANSWER_TIMEOUT_MS
+    )
     page.click("#parrot-stop")
     page.wait_for_selector("#parrot-chatbot .parrot-note", timeout=ANSWER_TIMEOUT_MS)
     notes = page.locator("#parrot-chatbot .parrot-note").all_text_contents()

@@ -24,8 +24,9 @@ def _bench():
 def test_chat_under_a_small_load():
     pytest.importorskip("gradio")
     pytest.importorskip("gradio_client")
-    result = _bench().run("chat", n_requests=8, n_clients=4, rounds=2, bad_fraction=0.25, max_new_tokens=4,
-                          rss_growth_mib=64.0)
+    result = _bench().run(
+        "chat", n_requests=8, n_clients=4, rounds=2, bad_fraction=0.25, max_new_tokens=4, rss_growth_mib=64.0
+    )
     assert result["failures"] == [], result["failures"]
     for round_result in result["round_results"]:
         assert round_result["good_answered_correctly"] == round_result["good"] == 6

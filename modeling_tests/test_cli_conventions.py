@@ -25,8 +25,9 @@ def _long_flags(parser) -> list[list[str]]:
     return [[o for o in a.option_strings if o.startswith("--")] for a in parser._actions if a.option_strings]
 
 
-@pytest.mark.parametrize("build_parser", [eval_cli.build_parser, lambda: _quickstart().build_parser()],
-                         ids=["parrot-eval", "quickstart"])
+@pytest.mark.parametrize(
+    "build_parser", [eval_cli.build_parser, lambda: _quickstart().build_parser()], ids=["parrot-eval", "quickstart"]
+)
 def test_underscore_flags_with_dashed_aliases(build_parser):
     parser = build_parser()
     for flags in _long_flags(parser):
@@ -41,13 +42,46 @@ def test_underscore_flags_with_dashed_aliases(build_parser):
 def test_parrot_eval_both_spellings_parse_the_same():
     common = ["--model", "m", "--benchmark", "mmmb", "--output", "o"]
     underscore = eval_cli.build_parser().parse_args(
-        common + ["--data_dir", "d", "--batch_size", "3", "--max_new_tokens", "7", "--no_download",
-                  "--trust_remote_code", "--model_name", "n", "--no_circular", "--no_progress"])
+        common
+        + [
+            "--data_dir",
+            "d",
+            "--batch_size",
+            "3",
+            "--max_new_tokens",
+            "7",
+            "--no_download",
+            "--trust_remote_code",
+            "--model_name",
+            "n",
+            "--no_circular",
+            "--no_progress",
+        ]
+    )
     dashed = eval_cli.build_parser().parse_args(
-        common + ["--data-dir", "d", "--batch-size", "3", "--max-new-tokens", "7", "--no-download",
-                  "--trust-remote-code", "--model-name", "n", "--no-circular", "--no-progress"])
+        common
+        + [
+            "--data-dir",
+            "d",
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            "7",
+            "--no-download",
+            "--trust-remote-code",
+            "--model-name",
+            "n",
+            "--no-circular",
+            "--no-progress",
+        ]
+    )
     assert vars(underscore) == vars(dashed)
-    assert (underscore.data_dir, underscore.batch_size, underscore.max_new_tokens, underscore.circular) == ("d", 3, 7, False)
+    assert (underscore.data_dir, underscore.batch_size, underscore.max_new_tokens, underscore.circular) == (
+        "d",
+        3,
+        7,
+        False,
+    )
 
 
 @pytest.mark.parametrize("module", ["pandas", "matplotlib"])

@@ -37,16 +37,32 @@ def original_tokenizer(tmp_path_factory) -> Path:
 def _clip_config():
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(hidden_size=V_HIDDEN, intermediate_size=V_INTER, num_hidden_layers=V_LAYERS,
-                            num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=16)
+    return CLIPVisionConfig(
+        hidden_size=V_HIDDEN,
+        intermediate_size=V_INTER,
+        num_hidden_layers=V_LAYERS,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        projection_dim=16,
+    )
 
 
 def _clip_preprocessor() -> dict:
-    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": IMAGE_SIZE},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-            "do_convert_rgb": True}
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": IMAGE_SIZE},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": True,
+    }
 
 
 def _clip_vision_state(seed: int) -> dict[str, torch.Tensor]:
@@ -70,9 +86,17 @@ def write_clip_folder(folder: Path, seed: int = 1, full_clip: bool = True) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     vision = _clip_config().to_dict()
     vision.pop("model_type", None)
-    config = {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 16,
-              "vision_config": vision, "text_config": {"hidden_size": 16}} if full_clip else \
-        {**_clip_config().to_dict(), "model_type": "clip_vision_model"}
+    config = (
+        {
+            "model_type": "clip",
+            "architectures": ["CLIPModel"],
+            "projection_dim": 16,
+            "vision_config": vision,
+            "text_config": {"hidden_size": 16},
+        }
+        if full_clip
+        else {**_clip_config().to_dict(), "model_type": "clip_vision_model"}
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "preprocessor_config.json").write_text(json.dumps(_clip_preprocessor()))
     state = _clip_vision_state(seed)
@@ -110,11 +134,26 @@ def original_state(vocab_rows: int, seed: int = 0, with_vision: bool = True) -> 
 
 
 def _qwen_fields(vocab_rows: int) -> dict:
-    return dict(vocab_size=vocab_rows, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
-                num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
-                rms_norm_eps=1e-6, rope_theta=50000.0, tie_word_embeddings=False, hidden_act="silu",
-                bos_token_id=None, eos_token_id=None, use_sliding_window=False, sliding_window=None,
-                max_window_layers=LAYERS, attention_dropout=0.0, initializer_range=0.02)
+    return dict(
+        vocab_size=vocab_rows,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=50000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=None,
+        eos_token_id=None,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=LAYERS,
+        attention_dropout=0.0,
+        initializer_range=0.02,
+    )
 
 
 def original_config(vocab_rows: int, vision_tower: str, **overrides) -> dict:
@@ -153,9 +192,19 @@ def original_config(vocab_rows: int, vision_tower: str, **overrides) -> dict:
     return config
 
 
-def write_original(folder: Path, tokenizer_dir: Path, clip_dir: Path, *, fmt: str = "safetensors",
-                   shards: int = 1, with_vision: bool = True, spare_rows: int = 8, seed: int = 0,
-                   state_hook=None, **config_overrides) -> Path:
+def write_original(
+    folder: Path,
+    tokenizer_dir: Path,
+    clip_dir: Path,
+    *,
+    fmt: str = "safetensors",
+    shards: int = 1,
+    with_vision: bool = True,
+    spare_rows: int = 8,
+    seed: int = 0,
+    state_hook=None,
+    **config_overrides,
+) -> Path:
     """An original-format Parrot checkpoint: config.json, tokenizer files, weights (safetensors or .bin, single
     file or `shards` files with an index), README with a license."""
     import shutil
@@ -274,10 +323,13 @@ def test_converted_folder_layout_and_config(converted, original_tokenizer):
         gate_up = state["model.moe.experts.gate_up_proj"][e]
         assert torch.equal(gate_up[:MOE_INTER], orig[f"model.moe_model.experts.{e}.gate_proj.weight"])
         assert torch.equal(gate_up[MOE_INTER:], orig[f"model.moe_model.experts.{e}.up_proj.weight"])
-        assert torch.equal(state["model.moe.experts.down_proj"][e],
-                           orig[f"model.moe_model.experts.{e}.down_proj.weight"])
-    assert torch.equal(state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
-                       orig["model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"])
+        assert torch.equal(
+            state["model.moe.experts.down_proj"][e], orig[f"model.moe_model.experts.{e}.down_proj.weight"]
+        )
+    assert torch.equal(
+        state["model.vision_tower.encoder.layers.1.mlp.fc1.weight"],
+        orig["model.vision_tower.vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight"],
+    )
     generation = json.loads((out / "generation_config.json").read_text())
     from transformers import AutoTokenizer
 
@@ -319,8 +371,14 @@ def test_verify_passes_cli_verify_only(converted, capsys):
 
 def test_tied_embeddings_without_lm_head(tmp_path, original_tokenizer, clip_dir):
     """A tied-embedding LLM saved without lm_head.weight (and no spare row: the tied matrix grows once)."""
-    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, spare_rows=0,
-                              state_hook=lambda state: state.pop("lm_head.weight"), tie_word_embeddings=True)
+    original = write_original(
+        tmp_path / "orig",
+        original_tokenizer,
+        clip_dir,
+        spare_rows=0,
+        state_hook=lambda state: state.pop("lm_head.weight"),
+        tie_word_embeddings=True,
+    )
     result = conversion.convert(original, tmp_path / "hf")
     assert result.resized_vocab and result.config.tie_word_embeddings
     assert "lm_head.weight" not in _load_state(tmp_path / "hf")
@@ -363,14 +421,22 @@ def test_trust_remote_code_without_package(converted, tmp_path, python):
 
     _, result = converted
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    run = subprocess.run([python, "-c", REMOTE_SCRIPT, str(result.output)], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)
+    run = subprocess.run(
+        [python, "-c", REMOTE_SCRIPT, str(result.output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     remote = [float(x) for x in run.stdout.split("LOGITS ")[1].split(",")]
     model = AutoModelForImageTextToText.from_pretrained(str(result.output)).eval()
     processor = AutoProcessor.from_pretrained(str(result.output))
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
-                                         "text": "What is in the image?"}]}], add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]}],
+        add_generation_prompt=True,
+    )
     inputs = processor(images=[Image.new("RGB", (40, 20), (200, 10, 10))], text=text, return_tensors="pt")
     with torch.no_grad():
         local = model(**inputs).logits[0, -1, :8]
@@ -381,8 +447,9 @@ def test_trust_remote_code_without_package(converted, tmp_path, python):
 def test_bin_single_file_vision_from_mm_vision_tower_resized_vocab(tmp_path, original_tokenizer, clip_dir, capsys):
     """Pickled single .bin without vision weights (they come from the full CLIP folder named by mm_vision_tower,
     whose text tower is left out) and no spare embedding row: the vocabulary grows by one mean-initialised row."""
-    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, fmt="bin", with_vision=False,
-                              spare_rows=0)
+    original = write_original(
+        tmp_path / "orig", original_tokenizer, clip_dir, fmt="bin", with_vision=False, spare_rows=0
+    )
     out = tmp_path / "hf"
     assert conversion.main(["--input", str(original), "--output", str(out), "--verify", "--dtype", "float32"]) == 0
     printed = capsys.readouterr().out
@@ -392,8 +459,10 @@ def test_bin_single_file_vision_from_mm_vision_tower_resized_vocab(tmp_path, ori
     config = json.loads((out / "config.json").read_text())
     assert config["image_token_id"] == n_tokens and config["text_config"]["vocab_size"] == n_tokens + 1
     state, orig = _load_state(out), torch.load(original / "pytorch_model.bin", weights_only=True)
-    for new, old in (("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
-                     ("lm_head.weight", "lm_head.weight")):
+    for new, old in (
+        ("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+    ):
         assert torch.equal(state[new][:n_tokens], orig[old])
         assert torch.allclose(state[new][n_tokens], orig[old].mean(0))
     clip = _clip_vision_state(1)
@@ -409,8 +478,9 @@ def test_sharded_bin_vision_tower_override_bf16(tmp_path, original_tokenizer):
     torch.manual_seed(7)
     CLIPVisionModel(_clip_config()).save_pretrained(str(tower))
     (tower / "preprocessor_config.json").write_text(json.dumps(_clip_preprocessor()))
-    original = write_original(tmp_path / "orig", original_tokenizer, tmp_path / "nonexistent-clip", fmt="bin",
-                              shards=3)
+    original = write_original(
+        tmp_path / "orig", original_tokenizer, tmp_path / "nonexistent-clip", fmt="bin", shards=3
+    )
     out = tmp_path / "hf"
     result = conversion.convert(original, out, vision_tower=str(tower), dtype="bfloat16")
     assert any("replaced by --vision_tower" in name for name in result.ignored)
@@ -419,8 +489,9 @@ def test_sharded_bin_vision_tower_override_bf16(tmp_path, original_tokenizer):
     tower_state = _load_state(tower)  # 5.x saves CLIPVisionModel without the vision_model. level, 4.x with it
     q_proj = "encoder.layers.0.self_attn.q_proj.weight"
     q_proj = q_proj if q_proj in tower_state else "vision_model." + q_proj
-    assert torch.equal(state["model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"],
-                       tower_state[q_proj].to(torch.bfloat16))
+    assert torch.equal(
+        state["model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"], tower_state[q_proj].to(torch.bfloat16)
+    )
     report = conversion.verify(original, out, vision_tower=str(tower), compute_dtype="bfloat16")
     assert report.ok, report.failures
 
@@ -462,11 +533,14 @@ def test_unexpected_key_fails_naming_it(tmp_path, original_tokenizer, clip_dir):
     _expect_failure(tmp_path, original_tokenizer, clip_dir, hook, "unexpected", key)
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ({"mm_projector_type": "linear"}, "mm_projector_type"),
-    ({"mm_patch_merge_type": "spatial_unpad"}, "mm_patch_merge_type"),
-    ({"mm_vision_select_feature": "patch"}, "cls_patch"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"mm_projector_type": "linear"}, "mm_projector_type"),
+        ({"mm_patch_merge_type": "spatial_unpad"}, "mm_patch_merge_type"),
+        ({"mm_vision_select_feature": "patch"}, "cls_patch"),
+    ],
+)
 def test_unsupported_settings_fail(tmp_path, original_tokenizer, clip_dir, overrides, needle):
     _expect_failure(tmp_path, original_tokenizer, clip_dir, None, needle, **overrides)
 
@@ -474,8 +548,9 @@ def test_unsupported_settings_fail(tmp_path, original_tokenizer, clip_dir, overr
 def test_settings_mapping():
     base = original_config(100, "clip")
     assert conversion.multimodal_settings({**base, "use_moe_residual": False})["moe_residual_weight"] == 0.0
-    mapped = conversion.multimodal_settings({**base, "use_moe": False, "mm_vision_select_feature": "patch",
-                                             "image_aspect_ratio": "square", "moe_top_k": 2})
+    mapped = conversion.multimodal_settings(
+        {**base, "use_moe": False, "mm_vision_select_feature": "patch", "image_aspect_ratio": "square", "moe_top_k": 2}
+    )
     assert mapped["vision_feature_select_strategy"] == "default" and mapped["do_pad"] is False
     assert mapped["use_moe"] is False and mapped["moe_top_k"] is None  # the original forward is always dense
 
@@ -502,8 +577,13 @@ def test_value_corruption_is_caught_by_verify(converted, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ input errors
 def _run_cli(*args: str) -> tuple[int, str, str]:
     """parrot-convert in a subprocess (as a user runs it): exit code, stdout, stderr."""
-    run = subprocess.run([sys.executable, "-m", "transformers_parrot.conversion", *args], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = subprocess.run(
+        [sys.executable, "-m", "transformers_parrot.conversion", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     return run.returncode, run.stdout, run.stderr
 
 
@@ -524,8 +604,12 @@ def small_original(tmp_path_factory, original_tokenizer, clip_dir) -> Path:
 
 def test_mistyped_local_input_is_a_missing_local_folder(small_original, tmp_path):
     typo = small_original.parent / "Parrot-tny"
-    line = _assert_clean_error(*_run_cli("--input", str(typo), "--output", str(tmp_path / "hf"))[::2],
-                               f"--input {typo}: no such local folder", "did you mean", "Parrot-tiny")
+    line = _assert_clean_error(
+        *_run_cli("--input", str(typo), "--output", str(tmp_path / "hf"))[::2],
+        f"--input {typo}: no such local folder",
+        "did you mean",
+        "Parrot-tiny",
+    )
     assert "repo" not in line.lower()
     assert not (tmp_path / "hf").exists()
 
@@ -551,8 +635,9 @@ def test_hub_download_failure_is_a_clean_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", not_found)
     assert conversion.main(["--input", "someone/no-such-parrot", "--output", str(tmp_path / "hf")]) == 2
-    _assert_clean_error(2, capsys.readouterr().err, "no such local folder", "could not be downloaded",
-                        "Repository Not Found")
+    _assert_clean_error(
+        2, capsys.readouterr().err, "no such local folder", "could not be downloaded", "Repository Not Found"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -566,8 +651,10 @@ def test_corrupt_shard_exits_2_naming_the_file(tmp_path, original_tokenizer, cli
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("case", ["results_missing", "results_not_json", "results_wrong_layout", "vision_tower",
-                                  "max_shard_size", "input_is_file"])
+@pytest.mark.parametrize(
+    "case",
+    ["results_missing", "results_not_json", "results_wrong_layout", "vision_tower", "max_shard_size", "input_is_file"],
+)
 def test_every_input_checked_before_writing(small_original, tmp_path, case, capsys):
     """A bad path or value fails with exit 2 before anything is written; an existing output is left untouched
     even with --overwrite."""
@@ -575,17 +662,24 @@ def test_every_input_checked_before_writing(small_original, tmp_path, case, caps
     out.mkdir()
     (out / "keep.txt").write_text("previous conversion")
     bad = tmp_path / "results.json"
-    args = {"results_missing": ["--results", str(tmp_path / "missing.json")],
-            "results_not_json": ["--results", str(bad)],
-            "results_wrong_layout": ["--results", str(bad)],
-            "vision_tower": ["--vision_tower", str(tmp_path / "no-such-clip")],
-            "max_shard_size": ["--max_shard_size", "5 gigabytes"],
-            "input_is_file": []}[case]
+    args = {
+        "results_missing": ["--results", str(tmp_path / "missing.json")],
+        "results_not_json": ["--results", str(bad)],
+        "results_wrong_layout": ["--results", str(bad)],
+        "vision_tower": ["--vision_tower", str(tmp_path / "no-such-clip")],
+        "max_shard_size": ["--max_shard_size", "5 gigabytes"],
+        "input_is_file": [],
+    }[case]
     bad.write_text("{not json" if case == "results_not_json" else json.dumps({"mmmb": [70.0]}))
     source = str(small_original / "config.json") if case == "input_is_file" else str(small_original)
-    needle = {"results_missing": "missing.json", "results_not_json": "results.json", "results_wrong_layout": "mmmb",
-              "vision_tower": "no-such-clip: no such local folder", "max_shard_size": "--max_shard_size",
-              "input_is_file": "is a file"}[case]
+    needle = {
+        "results_missing": "missing.json",
+        "results_not_json": "results.json",
+        "results_wrong_layout": "mmmb",
+        "vision_tower": "no-such-clip: no such local folder",
+        "max_shard_size": "--max_shard_size",
+        "input_is_file": "is a file",
+    }[case]
     code = conversion.main(["--input", source, "--output", str(out), "--overwrite", *args])
     _assert_clean_error(code, capsys.readouterr().err, needle)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
@@ -602,30 +696,44 @@ def test_training_machine_vision_tower_error_recommends_what_works(tmp_path, ori
     checkpoint carries the vision weights) then converts and verifies."""
     import shutil
 
-    original = write_original(tmp_path / "orig", original_tokenizer, clip_dir,
-                              mm_vision_tower="/playground/models/clip-vit-large-patch14-336")
+    original = write_original(
+        tmp_path / "orig",
+        original_tokenizer,
+        clip_dir,
+        mm_vision_tower="/playground/models/clip-vit-large-patch14-336",
+    )
     out = tmp_path / "hf"
     assert conversion.main(["--input", str(original), "--output", str(out)]) == 2
-    line = _assert_clean_error(2, capsys.readouterr().err, "openai/clip-vit-large-patch14-336",
-                               "hf download openai/clip-vit-large-patch14-336 --local-dir clip-vit-large-patch14-336",
-                               "--vision_tower clip-vit-large-patch14-336", "config.json and preprocessor_config.json")
+    line = _assert_clean_error(
+        2,
+        capsys.readouterr().err,
+        "openai/clip-vit-large-patch14-336",
+        "hf download openai/clip-vit-large-patch14-336 --local-dir clip-vit-large-patch14-336",
+        "--vision_tower clip-vit-large-patch14-336",
+        "config.json and preprocessor_config.json",
+    )
     assert not out.exists(), line
 
     config_only = tmp_path / "clip-vit-large-patch14-336"
     config_only.mkdir()
     for name in ("config.json", "preprocessor_config.json"):
         shutil.copy(clip_dir / name, config_only / name)
-    assert conversion.main(["--input", str(original), "--output", str(out), "--vision_tower", str(config_only),
-                            "--verify"]) == 0
+    assert (
+        conversion.main(
+            ["--input", str(original), "--output", str(out), "--vision_tower", str(config_only), "--verify"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "vision from checkpoint" in printed and "verification passed" in printed
     state, orig = _load_state(out), _load_state(original)  # the checkpoint's own vision weights were kept
-    assert torch.equal(state["model.vision_tower.post_layernorm.weight"],
-                       orig["model.vision_tower.vision_tower.vision_model.post_layernorm.weight"])
+    assert torch.equal(
+        state["model.vision_tower.post_layernorm.weight"],
+        orig["model.vision_tower.vision_tower.vision_model.post_layernorm.weight"],
+    )
 
 
-def test_config_only_tower_for_checkpoint_without_vision_weights_fails(tmp_path, original_tokenizer, clip_dir,
-                                                                      capsys):
+def test_config_only_tower_for_checkpoint_without_vision_weights_fails(tmp_path, original_tokenizer, clip_dir, capsys):
     import shutil
 
     config_only = tmp_path / "clip-config"
@@ -633,8 +741,9 @@ def test_config_only_tower_for_checkpoint_without_vision_weights_fails(tmp_path,
     for name in ("config.json", "preprocessor_config.json"):
         shutil.copy(clip_dir / name, config_only / name)
     original = write_original(tmp_path / "orig", original_tokenizer, clip_dir, with_vision=False)
-    code = conversion.main(["--input", str(original), "--output", str(tmp_path / "hf"), "--vision_tower",
-                            str(config_only)])
+    code = conversion.main(
+        ["--input", str(original), "--output", str(tmp_path / "hf"), "--vision_tower", str(config_only)]
+    )
     _assert_clean_error(code, capsys.readouterr().err, "no vision weights", "with weights")
 
 
@@ -668,20 +777,26 @@ class FakeHub:
             monkeypatch.setattr(huggingface_hub.HfApi, name, fn)
 
 
-@pytest.mark.parametrize("case, code, needle", [
-    ("invalid_repo_id", 2, "not a valid Hub repo id"),
-    ("offline", 2, "HF_HUB_OFFLINE=1"),
-    ("no_token", 2, "hf auth login"),
-    ("read_only_token", 2, "read-only"),
-    ("foreign_namespace", 2, "cannot create repos under 'someone-else'"),
-    ("network", 3, "cannot reach the Hub"),
-])
+@pytest.mark.parametrize(
+    "case, code, needle",
+    [
+        ("invalid_repo_id", 2, "not a valid Hub repo id"),
+        ("offline", 2, "HF_HUB_OFFLINE=1"),
+        ("no_token", 2, "hf auth login"),
+        ("read_only_token", 2, "read-only"),
+        ("foreign_namespace", 2, "cannot create repos under 'someone-else'"),
+        ("network", 3, "cannot reach the Hub"),
+    ],
+)
 def test_push_to_hub_checked_before_any_work(small_original, tmp_path, monkeypatch, capsys, case, code, needle):
     repo = {"invalid_repo_id": "me/bad repo!", "foreign_namespace": "someone-else/Parrot-hf"}.get(case, "me/Parrot-hf")
     if case != "offline":
-        FakeHub(monkeypatch, token=None if case == "no_token" else "hf_test",
-                role="read" if case == "read_only_token" else "write",
-                whoami_error=ConnectionError("Name or service not known") if case == "network" else None)
+        FakeHub(
+            monkeypatch,
+            token=None if case == "no_token" else "hf_test",
+            role="read" if case == "read_only_token" else "write",
+            whoami_error=ConnectionError("Name or service not known") if case == "network" else None,
+        )
     out = tmp_path / "hf"
     assert conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub", repo]) == code
     err = capsys.readouterr().err
@@ -689,19 +804,23 @@ def test_push_to_hub_checked_before_any_work(small_original, tmp_path, monkeypat
     assert not out.exists()  # nothing was converted
 
 
-def test_push_to_hub_uploads_after_conversion_and_reports_upload_failure(small_original, tmp_path, monkeypatch,
-                                                                           capsys):
+def test_push_to_hub_uploads_after_conversion_and_reports_upload_failure(
+    small_original, tmp_path, monkeypatch, capsys
+):
     hub = FakeHub(monkeypatch)
     out = tmp_path / "hf"
-    assert conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub",
-                            "my-org/Parrot-hf"]) == 0
+    assert (
+        conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub", "my-org/Parrot-hf"])
+        == 0
+    )
     assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "upload_folder"]
     assert hub.calls[2][1] == (out, "my-org/Parrot-hf") and (out / "config.json").is_file()
     assert "pushed" in capsys.readouterr().out
 
     FakeHub(monkeypatch, upload_error=ConnectionError("connection reset"))
-    code = conversion.main(["--input", str(small_original), "--output", str(out), "--overwrite", "--push_to_hub",
-                            "me/Parrot-hf"])
+    code = conversion.main(
+        ["--input", str(small_original), "--output", str(out), "--overwrite", "--push_to_hub", "me/Parrot-hf"]
+    )
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err and f"hf upload me/Parrot-hf {out}" in err, err
     assert (out / "config.json").is_file()  # the converted folder stays for a retry
@@ -728,8 +847,23 @@ def test_every_flag_has_underscore_and_dashed_spelling(small_original, tmp_path)
         assert action.option_strings[0] == f"--{action.dest}", action.option_strings
         if "_" in action.dest:
             assert f"--{action.dest.replace('_', '-')}" in action.option_strings
-    underscore = ["--input", "a", "--output", "b", "--vision_tower", "v", "--max_shard_size", "1MB", "--verify_only",
-                  "--verify_dtype", "float32", "--model_name", "m", "--push_to_hub", "me/r"]
+    underscore = [
+        "--input",
+        "a",
+        "--output",
+        "b",
+        "--vision_tower",
+        "v",
+        "--max_shard_size",
+        "1MB",
+        "--verify_only",
+        "--verify_dtype",
+        "float32",
+        "--model_name",
+        "m",
+        "--push_to_hub",
+        "me/r",
+    ]
     dashed = [arg.replace("_", "-") if arg.startswith("--") else arg for arg in underscore]
     assert vars(parser.parse_args(underscore)) == vars(parser.parse_args(dashed))
     assert parser.parse_args(dashed).max_shard_size == "1MB"
@@ -772,8 +906,11 @@ def test_card_model_index_is_the_evaluators():
     from transformers_parrot.evaluation.report import model_index
     from transformers_parrot.modelcard import eval_results_from
 
-    results = {"mmmb": {"en": {"overall": 70.0}, "zh": {"overall": 68.126}},
-               "mmbench": {"ar": {"overall": 57.82, "circular": True}}, "my_bench": {"test": 12.5}}
+    results = {
+        "mmmb": {"en": {"overall": 70.0}, "zh": {"overall": 68.126}},
+        "mmbench": {"ar": {"overall": 57.82, "circular": True}},
+        "my_bench": {"test": 12.5},
+    }
     from_results = eval_results_from(results, "m")
     canonical = {**results, "my_bench": {"test": {"overall": 12.5}}}
     assert from_results == eval_results_from(model_index(canonical, "m"), "m")
@@ -797,14 +934,22 @@ def test_model_card_parses_back(converted, tmp_path):
     for snippet in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", 'pipeline("image-text-to-text"'):
         assert snippet in card.text
 
-    results = {"mmmb": {"en": {"overall": 70.0}, "cn": {"overall": 68.13}},
-               "mmbench": {"ar": {"overall": 57.82, "circular": True}}}
+    results = {
+        "mmmb": {"en": {"overall": 70.0}, "cn": {"overall": 68.13}},
+        "mmbench": {"ar": {"overall": 57.82, "circular": True}},
+    }
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     bases = ["Qwen/Qwen1.5-7B-Chat", "openai/clip-vit-large-patch14-336"]
-    built = build_model_card(result.config, model_name="Parrot-7B-hf", repo_id="me/Parrot-7B-hf",
-                             license="apache-2.0", base_models=bases, results=path,
-                             converted_from="AIDC-AI/Parrot-7B")
+    built = build_model_card(
+        result.config,
+        model_name="Parrot-7B-hf",
+        repo_id="me/Parrot-7B-hf",
+        license="apache-2.0",
+        base_models=bases,
+        results=path,
+        converted_from="AIDC-AI/Parrot-7B",
+    )
     built.save(tmp_path / "README.md")
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model == bases
@@ -813,10 +958,25 @@ def test_model_card_parses_back(converted, tmp_path):
     assert "me/Parrot-7B-hf" in card.text and "AIDC-AI/Parrot-7B" in card.text
 
     # the evaluator's model_index.json fragment works too (and recipe cards: training text, no conversion)
-    fragment = {"model-index": [{"name": "Parrot-7B-hf", "results": [{
-        "task": {"type": "visual-question-answering"},
-        "dataset": {"name": "MMMB (en)", "type": "AIDC-AI/Parrot-dataset", "config": "mmmb", "split": "en"},
-        "metrics": [{"type": "accuracy", "value": 70.0}]}]}]}
+    fragment = {
+        "model-index": [
+            {
+                "name": "Parrot-7B-hf",
+                "results": [
+                    {
+                        "task": {"type": "visual-question-answering"},
+                        "dataset": {
+                            "name": "MMMB (en)",
+                            "type": "AIDC-AI/Parrot-dataset",
+                            "config": "mmmb",
+                            "split": "en",
+                        },
+                        "metrics": [{"type": "accuracy", "value": 70.0}],
+                    }
+                ],
+            }
+        ]
+    }
     card = build_model_card(result.config, model_name="my-parrot", results=fragment, training="Stage 2, 1 epoch.")
     parsed = ModelCard(str(card))
     assert parsed.data.eval_results[0].metric_value == 70.0 and "## Training" in parsed.text

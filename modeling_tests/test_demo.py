@@ -30,7 +30,7 @@ from transformers_parrot.demo.data import (  # noqa: E402
 )
 from transformers_parrot.languages import QUESTIONS  # noqa: E402
 
-LOADER = r'''
+LOADER = r"""
 import json, sys
 sys.modules["transformers_parrot"] = None  # any import of the package now fails
 try:
@@ -51,15 +51,30 @@ reply = pipe(text=chat, max_new_tokens=4, generate_kwargs={"do_sample": False})[
 answer = reply[-1]["content"] if isinstance(reply, list) else reply
 print(json.dumps({"answer": answer, "model_module": type(model).__module__,
                   "processor_module": type(processor).__module__}))
-'''
+"""
 
-EXPECTED_FILES = ["accuracy_by_language.png", "loss.png", "loss_log.json", "results.json", "routing_heatmap.png",
-                  "eval/predictions.jsonl", "eval/results.json", "eval/results.md", "eval/results.csv",
-                  "eval/accuracy_by_language.png", "eval/model_index.json",
-                  "model/config.json", "model/model.safetensors", "model/README.md", "model/modeling_parrot.py",
-                  "model/configuration_parrot.py", "model/processing_parrot.py",
-                  *(f"data/test/parrot_demo_{code}.tsv" for code in ("en", "cn", "pt", "ar", "tr", "ru")),
-                  "data/stage1.json", "data/stage2.json"]
+EXPECTED_FILES = [
+    "accuracy_by_language.png",
+    "loss.png",
+    "loss_log.json",
+    "results.json",
+    "routing_heatmap.png",
+    "eval/predictions.jsonl",
+    "eval/results.json",
+    "eval/results.md",
+    "eval/results.csv",
+    "eval/accuracy_by_language.png",
+    "eval/model_index.json",
+    "model/config.json",
+    "model/model.safetensors",
+    "model/README.md",
+    "model/modeling_parrot.py",
+    "model/configuration_parrot.py",
+    "model/processing_parrot.py",
+    *(f"data/test/parrot_demo_{code}.tsv" for code in ("en", "cn", "pt", "ar", "tr", "ru")),
+    "data/stage1.json",
+    "data/stage2.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +153,12 @@ def test_loads_without_the_package_and_answers_through_pipeline(demo_run, tmp_pa
     out, _ = demo_run
     image = tmp_path / "scene.png"
     render(Scene("circle", "red", 1, "left", 7)).save(image)
-    proc = subprocess.run([sys.executable, "-c", LOADER, str(out / "model"), str(image), QUESTIONS["pt"]["colour"]],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(out / "model"), str(image), QUESTIONS["pt"]["colour"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert isinstance(info["answer"], str)
@@ -201,8 +220,9 @@ def test_data_is_deterministic_and_well_formed(tmp_path):
     train = json.loads((tmp_path / "t1" / "stage2.json").read_text(encoding="utf-8"))
     assert len(train) == 16 and {row["style"] for row in train} <= {"mc", "free", "caption"}
     stage1 = json.loads((tmp_path / "t1" / "stage1.json").read_text(encoding="utf-8"))
-    assert len(stage1) == 4 and all(row["conversations"][0]["value"] == f"<image>\n{CAPTION_PROMPTS['en']}"
-                                    for row in stage1)
+    assert len(stage1) == 4 and all(
+        row["conversations"][0]["value"] == f"<image>\n{CAPTION_PROMPTS['en']}" for row in stage1
+    )
 
 
 def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path):
@@ -215,7 +235,9 @@ def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path
     for row in captions:  # the prompt and every attribute word are in the sample's language
         assert row["conversations"][0]["value"] == f"<image>\n{CAPTION_PROMPTS[row['language']]}"
         if row["language"] != "en":
-            assert all(part in WORDS[row["language"]].values() for part in row["conversations"][1]["value"].split(", "))
+            assert all(
+                part in WORDS[row["language"]].values() for part in row["conversations"][1]["value"].split(", ")
+            )
     questions = [row["kind"] for row in train if row["style"] != "caption"]
     shares = [questions.count(kind) / len(questions) for kind in KINDS]
     assert max(shares) - min(shares) < 0.06, dict(zip(KINDS, shares))
@@ -228,8 +250,9 @@ def test_stage2_mixes_descriptions_in_every_language_and_balanced_kinds(tmp_path
 def test_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
     """The default recipe's stage 1: every picture comes with an English description and an English question; the
     text-only samples write the scene in one language's words and ask in that language; stage 2 is as by default."""
-    summary = write_training_data(tmp_path, seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
-                                  stage1_text_ratio=1.0)
+    summary = write_training_data(
+        tmp_path, seed=4, num_images=48, stage1_samples=40, stage1_questions=True, stage1_text_ratio=1.0
+    )
     stage1 = json.loads((tmp_path / "stage1.json").read_text(encoding="utf-8"))
     pictures = [row for row in stage1 if "image" in row]
     text = [row for row in stage1 if "image" not in row]
@@ -243,16 +266,28 @@ def test_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
         prompt, answer = (turn["value"] for turn in row["conversations"])
         assert "<image>" not in prompt
         scene_words = prompt.split("\n")[0]
-        language = next(lang for lang in LANGUAGES
-                        if lang != "en" and all(w in WORDS[lang].values() for w in scene_words.split(", "))
-                        or lang == "en" and scene_words.endswith("."))  # "Two red stars."
+        language = next(
+            lang
+            for lang in LANGUAGES
+            if lang != "en"
+            and all(w in WORDS[lang].values() for w in scene_words.split(", "))
+            or lang == "en"
+            and scene_words.endswith(".")
+        )  # "Two red stars."
         seen.add(language)
         if language != "en":  # the answer is in the scene's language
             assert all(w in WORDS[language].values() for w in answer.split(", ")), (scene_words, answer)
     assert seen == set(LANGUAGES)
     # stage1_text_in_english: the same samples, the scene line written in English, question and answer unchanged
-    write_training_data(tmp_path / "en", seed=4, num_images=48, stage1_samples=40, stage1_questions=True,
-                        stage1_text_ratio=1.0, stage1_text_in_english=True)
+    write_training_data(
+        tmp_path / "en",
+        seed=4,
+        num_images=48,
+        stage1_samples=40,
+        stage1_questions=True,
+        stage1_text_ratio=1.0,
+        stage1_text_in_english=True,
+    )
     english = json.loads((tmp_path / "en" / "stage1.json").read_text(encoding="utf-8"))
     assert [row["id"] for row in english] == [row["id"] for row in stage1]
     for own, cross in zip(stage1, english):
@@ -266,8 +301,11 @@ def test_stage1_shows_pictures_in_english_and_languages_in_text(tmp_path):
         if own_scene.endswith("."):
             assert scene == own_scene  # an English sample is unchanged
         else:  # the same scene: count, colour, shape (and position) read back from the own-language words
-            language = next(lang for lang in LANGUAGES if lang != "en"
-                            and all(w in WORDS[lang].values() for w in own_scene.split(", ")))
+            language = next(
+                lang
+                for lang in LANGUAGES
+                if lang != "en" and all(w in WORDS[lang].values() for w in own_scene.split(", "))
+            )
             value = {w: v for v, w in WORDS[language].items()}
             count, colour, shape, *position = (value[w] for w in own_scene.split(", "))
             assert scene == caption(Scene(shape, colour, count, position[0] if position else None, 0))

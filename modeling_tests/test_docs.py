@@ -60,16 +60,22 @@ def test_measured_tables_are_generated(page):
     """A hand-typed table of numbers on a results page would go stale silently: they must be generated."""
     text = _outside_generated((REPO / page).read_text(encoding="utf-8"))
     text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    typed = [line for line in text.splitlines() if line.startswith("|")
-             and any(NUMBER_CELL.fullmatch(cell.strip()) for cell in line.strip().strip("|").split("|"))]
-    assert not typed, f"{page}: table rows with numbers outside a generated region (add a generator):\n" + "\n".join(typed)
+    typed = [
+        line
+        for line in text.splitlines()
+        if line.startswith("|")
+        and any(NUMBER_CELL.fullmatch(cell.strip()) for cell in line.strip().strip("|").split("|"))
+    ]
+    assert not typed, f"{page}: table rows with numbers outside a generated region (add a generator):\n" + "\n".join(
+        typed
+    )
 
 
 def _table_rows(text: str, header_start: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
@@ -148,16 +154,24 @@ def test_every_page_is_in_the_nav():
 
 
 def test_screenshot_is_the_space_one():
-    assert (DOCS / "assets" / "chat-screenshot.png").read_bytes() == \
-        (REPO / "examples" / "space" / "screenshot.png").read_bytes()
+    assert (DOCS / "assets" / "chat-screenshot.png").read_bytes() == (
+        REPO / "examples" / "space" / "screenshot.png"
+    ).read_bytes()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-                    reason="the docs extra is not installed (pip install -e '.[docs]'); .ci/docs.sh builds the site")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
+    reason="the docs extra is not installed (pip install -e '.[docs]'); .ci/docs.sh builds the site",
+)
 def test_mkdocs_build_strict(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "model" / "index.html").read_text(encoding="utf-8")
     for name in ("ParrotConfig", "ParrotForConditionalGeneration", "ParrotProcessor", "ParrotImageProcessor"):

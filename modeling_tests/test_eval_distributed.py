@@ -18,8 +18,21 @@ from test_evaluation import data_dir  # noqa: F401  (fixture: synthetic MMMB / M
 from transformers_parrot.evaluation import evaluate
 
 WORKER = Path(__file__).with_name("eval_dp_worker.py")
-FLAGS = ["--benchmark", "mmmb,mmbench", "--languages", "en,zh", "--batch_size", "2", "--max_new_tokens", "4",
-         "--dtype", "float32", "--model_name", "tiny", "-q"]
+FLAGS = [
+    "--benchmark",
+    "mmmb,mmbench",
+    "--languages",
+    "en,zh",
+    "--batch_size",
+    "2",
+    "--max_new_tokens",
+    "4",
+    "--dtype",
+    "float32",
+    "--model_name",
+    "tiny",
+    "-q",
+]
 
 
 def _free_port() -> str:
@@ -29,18 +42,34 @@ def _free_port() -> str:
 
 
 def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-               str(WORKER), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+        str(WORKER),
+        *argv,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _keys(path: Path) -> list[tuple]:
     if not path.exists():
         return []
-    return [(r["benchmark"], r["language"], r["index"])
-            for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+    return [
+        (r["benchmark"], r["language"], r["index"])
+        for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+    ]
 
 
 def _saved(out: Path) -> list[tuple]:
@@ -64,13 +93,32 @@ def test_two_ranks_equal_one_process_fail_kill_and_resume(tmp_path, data_dir):  
     model.save_pretrained(checkpoint)
     processor.save_pretrained(checkpoint)
     reference = tmp_path / "one_process"
-    evaluate(model, processor, benchmark=["mmmb", "mmbench"], languages="en,zh", data_dir=data_dir,
-             output_dir=reference, batch_size=2, max_new_tokens=4, model_name="tiny", progress=False)
+    evaluate(
+        model,
+        processor,
+        benchmark=["mmmb", "mmbench"],
+        languages="en,zh",
+        data_dir=data_dir,
+        output_dir=reference,
+        batch_size=2,
+        max_new_tokens=4,
+        model_name="tiny",
+        progress=False,
+    )
     total = len(_keys(reference / "predictions.jsonl"))
     out, logs = tmp_path / "two_ranks", tmp_path / "logs"
     logs.mkdir()
-    argv = ["--model", str(checkpoint), "--data_dir", str(data_dir), "--output", str(out), *FLAGS,
-            "--log_dir", str(logs)]
+    argv = [
+        "--model",
+        str(checkpoint),
+        "--data_dir",
+        str(data_dir),
+        "--output",
+        str(out),
+        *FLAGS,
+        "--log_dir",
+        str(logs),
+    ]
 
     failed = _torchrun([*argv, "--fail", "1:raise:1"])
     assert failed.returncode != 0

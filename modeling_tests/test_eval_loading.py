@@ -14,15 +14,18 @@ from transformers_parrot.evaluation import cli as eval_cli
 BASE = ["--model", "unused", "--benchmark", "mmmb", "--output", "out"]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--tensor_parallel_size", "2"], "--tensor_parallel_size configure the vLLM engine: add --backend vllm"),
-    (["--max_model_len", "512", "--gpu_memory_utilization", "0.5"], "--max_model_len, --gpu_memory_utilization"),
-    (["--backend", "vllm", "--batch_size", "4"], "--batch_size apply to --backend hf only"),
-    (["--backend", "vllm", "--load_in_4bit"], "--load_in_4bit apply to --backend hf only"),
-    (["--backend", "vllm", "--device_map", "auto"], "--device_map apply to --backend hf only"),
-    (["--backend", "vllm", "--tensor_parallel_size", "0"], "--tensor_parallel_size must be >= 1"),
-    (["--backend", "vllm", "--gpu_memory_utilization", "1.5"], "--gpu_memory_utilization must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--tensor_parallel_size", "2"], "--tensor_parallel_size configure the vLLM engine: add --backend vllm"),
+        (["--max_model_len", "512", "--gpu_memory_utilization", "0.5"], "--max_model_len, --gpu_memory_utilization"),
+        (["--backend", "vllm", "--batch_size", "4"], "--batch_size apply to --backend hf only"),
+        (["--backend", "vllm", "--load_in_4bit"], "--load_in_4bit apply to --backend hf only"),
+        (["--backend", "vllm", "--device_map", "auto"], "--device_map apply to --backend hf only"),
+        (["--backend", "vllm", "--tensor_parallel_size", "0"], "--tensor_parallel_size must be >= 1"),
+        (["--backend", "vllm", "--gpu_memory_utilization", "1.5"], "--gpu_memory_utilization must be in (0, 1]"),
+    ],
+)
 def test_flags_of_the_other_backend_are_refused(extra, message, capsys):
     assert eval_cli.main([*BASE, *extra]) == 2
     err = capsys.readouterr().err
@@ -39,8 +42,25 @@ def _tiny_checkpoint(path, **kwargs):
 
 
 def _run(checkpoint, data_dir, out, *extra) -> int:  # noqa: F811
-    return eval_cli.main(["--model", str(checkpoint), "--benchmark", "mmmb", "--languages", "en", "--data_dir",
-                          str(data_dir), "--output", str(out), "--max_new_tokens", "3", "--no_progress", "-q", *extra])
+    return eval_cli.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--benchmark",
+            "mmmb",
+            "--languages",
+            "en",
+            "--data_dir",
+            str(data_dir),
+            "--output",
+            str(out),
+            "--max_new_tokens",
+            "3",
+            "--no_progress",
+            "-q",
+            *extra,
+        ]
+    )
 
 
 def test_device_map_auto_and_its_conflicts(tmp_path, data_dir, capsys):  # noqa: F811
@@ -62,8 +82,9 @@ def test_load_in_4bit(tmp_path, data_dir, capsys):  # noqa: F811
     from transformers_parrot.quantization import bitsandbytes_config
 
     checkpoint = _tiny_checkpoint(tmp_path / "ckpt", quantizable=True)
-    model, _ = runner.load_model_and_processor(str(checkpoint), dtype="float32", device="cpu",
-                                               quantization_config=bitsandbytes_config(load_in_4bit=True))
+    model, _ = runner.load_model_and_processor(
+        str(checkpoint), dtype="float32", device="cpu", quantization_config=bitsandbytes_config(load_in_4bit=True)
+    )
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.language_model.modules())
     assert _run(checkpoint, data_dir, tmp_path / "q", "--load_in_4bit", "--dtype", "float32", "--device", "cpu") == 0
     preds = [json.loads(line) for line in (tmp_path / "q" / "predictions.jsonl").read_text().splitlines()]

@@ -15,9 +15,9 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers_parrot.evaluation import (  # noqa: E402
+    INSTRUCTIONS,
     DatasetFormatError,
     EvaluationConfigError,
-    INSTRUCTIONS,
     build_prompt,
     evaluate,
     extract_choice,
@@ -66,12 +66,42 @@ MMMB_PREDICTIONS = {
 }
 # hand-computed from the table above
 MMMB_EXPECTED = {
-    "en": {"overall": 50.0, "category": {"perception": 100.0, "reasoning": 0.0}, "l2-category": {"x": 50.0, "y": 50.0}, "skipped": 1},
-    "zh": {"overall": 25.0, "category": {"perception": 0.0, "reasoning": 50.0}, "l2-category": {"x": 50.0, "y": 0.0}, "skipped": 1},
-    "pt": {"overall": 100.0, "category": {"perception": 100.0, "reasoning": 100.0}, "l2-category": {"x": 100.0, "y": 100.0}, "skipped": 1},
-    "ar": {"overall": 75.0, "category": {"perception": 100.0, "reasoning": 50.0}, "l2-category": {"x": 100.0, "y": 50.0}, "skipped": 1},
-    "tr": {"overall": 50.0, "category": {"perception": 50.0, "reasoning": 50.0}, "l2-category": {"x": 0.0, "y": 100.0}, "skipped": 1},
-    "ru": {"overall": 50.0, "category": {"perception": 50.0, "reasoning": 50.0}, "l2-category": {"x": 50.0, "y": 50.0}, "skipped": 0},
+    "en": {
+        "overall": 50.0,
+        "category": {"perception": 100.0, "reasoning": 0.0},
+        "l2-category": {"x": 50.0, "y": 50.0},
+        "skipped": 1,
+    },
+    "zh": {
+        "overall": 25.0,
+        "category": {"perception": 0.0, "reasoning": 50.0},
+        "l2-category": {"x": 50.0, "y": 0.0},
+        "skipped": 1,
+    },
+    "pt": {
+        "overall": 100.0,
+        "category": {"perception": 100.0, "reasoning": 100.0},
+        "l2-category": {"x": 100.0, "y": 100.0},
+        "skipped": 1,
+    },
+    "ar": {
+        "overall": 75.0,
+        "category": {"perception": 100.0, "reasoning": 50.0},
+        "l2-category": {"x": 100.0, "y": 50.0},
+        "skipped": 1,
+    },
+    "tr": {
+        "overall": 50.0,
+        "category": {"perception": 50.0, "reasoning": 50.0},
+        "l2-category": {"x": 0.0, "y": 100.0},
+        "skipped": 1,
+    },
+    "ru": {
+        "overall": 50.0,
+        "category": {"perception": 50.0, "reasoning": 50.0},
+        "l2-category": {"x": 50.0, "y": 50.0},
+        "skipped": 0,
+    },
 }
 BAD_ROWS = {  # language -> (index, reason substring)
     "en": (10, "missing answer"),
@@ -149,23 +179,30 @@ def rotate(options: list[str], k: int) -> list[str]:
 
 
 def write_mmbench(root: Path):
-    for lang, groups in {"en": [(0, 3, "cat1", "L1"), (1, 2, "cat1", "L1"), (2, 1, "cat2", "L2")],
-                         "zh": [(0, 2, "cat1", "L1"), (1, 2, "cat2", "L2")]}.items():
+    for lang, groups in {
+        "en": [(0, 3, "cat1", "L1"), (1, 2, "cat1", "L1"), (2, 1, "cat2", "L2")],
+        "zh": [(0, 2, "cat1", "L1"), (1, 2, "cat2", "L2")],
+    }.items():
         rows = []
         for q, n_var, cat, l2 in groups:
             opts = COLORS[lang][:3]
             for v in range(n_var):
                 shown = rotate(opts, v)
-                rows.append({
-                    "index": q + v * 1_000_000,
-                    "question": f"[{lang}] mmbench q{q}",
-                    "hint": "A hint." if q == 0 else "",
-                    "A": shown[0], "B": shown[1], "C": shown[2], "D": "",
-                    "answer": "ABC"[shown.index(opts[q % 3])],
-                    "category": cat,
-                    "l2-category": l2,
-                    "image": png_b64(RGB[q]) if v == 0 else str(q),
-                })
+                rows.append(
+                    {
+                        "index": q + v * 1_000_000,
+                        "question": f"[{lang}] mmbench q{q}",
+                        "hint": "A hint." if q == 0 else "",
+                        "A": shown[0],
+                        "B": shown[1],
+                        "C": shown[2],
+                        "D": "",
+                        "answer": "ABC"[shown.index(opts[q % 3])],
+                        "category": cat,
+                        "l2-category": l2,
+                        "image": png_b64(RGB[q]) if v == 0 else str(q),
+                    }
+                )
         write_tsv(root / "mmbench" / f"mmbench_dev_{FILE_CODE[lang]}.tsv", rows)
 
 
@@ -215,7 +252,10 @@ def mmbench_answer(item):
 # --------------------------------------------------------------------------------------------------------------
 def test_prompt_format():
     p = build_prompt("What is it?", {"B": "dog", "A": "cat"}, "en", hint="Look closely.")
-    assert p == "Look closely.\nWhat is it?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly."
+    assert (
+        p
+        == "Look closely.\nWhat is it?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly."
+    )
     assert build_prompt("Q", {"A": "x"}, "cn") == "Q\nA. x\n请直接用给定选项中的选项字母回答。"
     assert build_prompt("Q", {"A": "x"}, "ar", hint=None).endswith("\nأجب مباشرةً بحرف الخيار من الاختيارات المعطاة.")
     assert set(INSTRUCTIONS) == set(LANGS)
@@ -305,8 +345,15 @@ def test_wrong_path_and_columns_fail_fast(tmp_path, data_dir):
 def test_mmmb_all_languages(tmp_path, data_dir):
     pred = ScriptedPredictor(mmmb_answers())
     out = tmp_path / "out"
-    res = evaluate(predictor=pred, benchmark="mmmb", data_dir=data_dir, output_dir=out, batch_size=5,
-                   model_name="fake", progress=False)
+    res = evaluate(
+        predictor=pred,
+        benchmark="mmmb",
+        data_dir=data_dir,
+        output_dir=out,
+        batch_size=5,
+        model_name="fake",
+        progress=False,
+    )
     assert list(res["mmmb"]) == LANGS
     for lang, exp in MMMB_EXPECTED.items():
         got = res["mmmb"][lang]
@@ -331,7 +378,10 @@ def test_mmmb_all_languages(tmp_path, data_dir):
     assert csv[0] == "benchmark,breakdown,name,en,zh,pt,ar,tr,ru"
     assert csv[1] == "mmmb,overall,overall,50.00,25.00,100.00,75.00,50.00,50.00"
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert "| MMMB en | zh | pt | ar | tr | ru |" in md and "| fake | 50.00 | 25.00 | 100.00 | 75.00 | 50.00 | 50.00 |" in md
+    assert (
+        "| MMMB en | zh | pt | ar | tr | ru |" in md
+        and "| fake | 50.00 | 25.00 | 100.00 | 75.00 | 50.00 | 50.00 |" in md
+    )
     assert "Parrot-7B (paper)" in md
     assert (out / "accuracy_by_language.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mi = json.loads((out / "model_index.json").read_text(encoding="utf-8"))["model-index"][0]
@@ -342,8 +392,16 @@ def test_mmmb_all_languages(tmp_path, data_dir):
 def test_mmbench_circular(tmp_path, data_dir):
     pred = ScriptedPredictor(mmbench_answer)
     out = tmp_path / "out"
-    res = evaluate(predictor=pred, benchmark="mmbench", languages="en,cn", data_dir=data_dir, output_dir=out,
-                   batch_size=4, model_name="fake", progress=False)["mmbench"]
+    res = evaluate(
+        predictor=pred,
+        benchmark="mmbench",
+        languages="en,cn",
+        data_dir=data_dir,
+        output_dir=out,
+        batch_size=4,
+        model_name="fake",
+        progress=False,
+    )["mmbench"]
     assert list(res) == ["en", "zh"]
     en, zh = res["en"], res["zh"]
     assert en["n"] == 6 and en["questions"] == 3 and en["circular"]
@@ -354,12 +412,26 @@ def test_mmbench_circular(tmp_path, data_dir):
     # the hint and the variant's rotated options reach the prompt; variants reuse the original image
     assert len(pred.rows) == 10
     # same data scored without circular evaluation: plain row accuracy
-    res2 = evaluate(predictor=ScriptedPredictor(mmbench_answer), benchmark="mmbench", languages=["en"],
-                    data_dir=data_dir, output_dir=tmp_path / "out2", circular=False, progress=False)
+    res2 = evaluate(
+        predictor=ScriptedPredictor(mmbench_answer),
+        benchmark="mmbench",
+        languages=["en"],
+        data_dir=data_dir,
+        output_dir=tmp_path / "out2",
+        circular=False,
+        progress=False,
+    )
     assert res2["mmbench"]["en"]["overall"] == pytest.approx(500 / 6)
     # results.json of the first folder accumulates benchmarks
-    evaluate(predictor=ScriptedPredictor(mmmb_answers()), benchmark="mmmb", languages=["en"], data_dir=data_dir,
-             output_dir=out, model_name="fake", progress=False)
+    evaluate(
+        predictor=ScriptedPredictor(mmmb_answers()),
+        benchmark="mmmb",
+        languages=["en"],
+        data_dir=data_dir,
+        output_dir=out,
+        model_name="fake",
+        progress=False,
+    )
     both = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(both) == {"mmbench", "mmmb"} and both["mmmb"]["en"]["overall"] == 50.0
     md = (out / "results.md").read_text(encoding="utf-8")
@@ -372,40 +444,66 @@ def test_predict_fn_and_tsv_path(tmp_path, data_dir):
     def predict_fn(batch):
         calls.append(len(batch))
         out = []
-        for image, prompt, language in batch:
+        for _image, prompt, language in batch:
             assert language == "ru"
             i = int(prompt.split("]")[0].split("-")[-1])
             out.append(MMMB_PREDICTIONS["ru"][i])
         return out
 
     path = data_dir / "mmmb" / "mmmb_ru.tsv"
-    res = evaluate(predict_fn=predict_fn, benchmark=str(path), output_dir=tmp_path / "o", batch_size=3,
-                   progress=False)
+    res = evaluate(predict_fn=predict_fn, benchmark=str(path), output_dir=tmp_path / "o", batch_size=3, progress=False)
     assert list(res) == ["mmmb"] and res["mmmb"]["ru"]["overall"] == 50.0 and calls == [3, 1]
     # --languages overrides the file-name suffix
     other = tmp_path / "custom.tsv"
     other.write_bytes(path.read_bytes())
-    res = evaluate(predict_fn=predict_fn, benchmark=str(other), languages="ru", output_dir=tmp_path / "o2",
-                   progress=False, limit=2)
+    res = evaluate(
+        predict_fn=predict_fn,
+        benchmark=str(other),
+        languages="ru",
+        output_dir=tmp_path / "o2",
+        progress=False,
+        limit=2,
+    )
     assert res["custom"]["ru"]["n"] == 2 and res["custom"]["ru"]["overall"] == 50.0
 
 
 def _final_files(out: Path) -> dict:
-    names = ["predictions.jsonl", "results.json", "results.csv", "results.md", "model_index.json", "skipped.json",
-             "accuracy_by_language.png"]
+    names = [
+        "predictions.jsonl",
+        "results.json",
+        "results.csv",
+        "results.md",
+        "model_index.json",
+        "skipped.json",
+        "accuracy_by_language.png",
+    ]
     return {n: (out / n).read_bytes() for n in names}
 
 
 def test_kill_and_resume(tmp_path, data_dir):
     ref_out = tmp_path / "ref"
-    evaluate(predictor=ScriptedPredictor(mmmb_answers()), benchmark="mmmb", data_dir=data_dir, output_dir=ref_out,
-             batch_size=5, model_name="fake", progress=False)
+    evaluate(
+        predictor=ScriptedPredictor(mmmb_answers()),
+        benchmark="mmmb",
+        data_dir=data_dir,
+        output_dir=ref_out,
+        batch_size=5,
+        model_name="fake",
+        progress=False,
+    )
 
     out = tmp_path / "run"
     killed = ScriptedPredictor(mmmb_answers(), fail_after_batches=2)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(predictor=killed, benchmark="mmmb", data_dir=data_dir, output_dir=out, batch_size=5,
-                 model_name="fake", progress=False)
+        evaluate(
+            predictor=killed,
+            benchmark="mmmb",
+            data_dir=data_dir,
+            output_dir=out,
+            batch_size=5,
+            model_name="fake",
+            progress=False,
+        )
     lines = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 10 and not (out / "results.json").exists()
     # simulate a torn write of the next batch
@@ -413,21 +511,36 @@ def test_kill_and_resume(tmp_path, data_dir):
         f.write('{"benchmark": "mmmb", "language": "pt", "ind')
 
     resumed = ScriptedPredictor(mmmb_answers())
-    evaluate(predictor=resumed, benchmark="mmmb", data_dir=data_dir, output_dir=out, batch_size=5,
-             model_name="fake", progress=False)
+    evaluate(
+        predictor=resumed,
+        benchmark="mmmb",
+        data_dir=data_dir,
+        output_dir=out,
+        batch_size=5,
+        model_name="fake",
+        progress=False,
+    )
     assert len(resumed.rows) == 24 - 10  # finished rows are not recomputed
     assert not set(resumed.rows) & set(killed.rows)
     assert _final_files(out) == _final_files(ref_out)
 
     # a third run recomputes nothing and rewrites identical files
     again = ScriptedPredictor(mmmb_answers())
-    evaluate(predictor=again, benchmark="mmmb", data_dir=data_dir, output_dir=out, batch_size=2,
-             model_name="fake", progress=False)
+    evaluate(
+        predictor=again,
+        benchmark="mmmb",
+        data_dir=data_dir,
+        output_dir=out,
+        batch_size=2,
+        model_name="fake",
+        progress=False,
+    )
     assert again.rows == [] and _final_files(out) == _final_files(ref_out)
     # a different model in the same folder is refused
     with pytest.raises(EvaluationConfigError):
-        evaluate(predictor=again, benchmark="mmmb", data_dir=data_dir, output_dir=out, model_name="other",
-                 progress=False)
+        evaluate(
+            predictor=again, benchmark="mmmb", data_dir=data_dir, output_dir=out, model_name="other", progress=False
+        )
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -443,18 +556,47 @@ def test_cli_main(tmp_path, data_dir, monkeypatch, capsys):
 
     monkeypatch.setattr(eval_runner, "load_predictor", fake_load_predictor)
     out = tmp_path / "cli"
-    rc = eval_cli.main(["--model", "fake/model", "--benchmark", "mmmb", "--languages", "en,cn,ar",
-                        "--data-dir", str(data_dir), "--output", str(out), "--batch-size", "2",
-                        "--max-new-tokens", "16", "--dtype", "float32", "--device", "cpu", "--no-progress", "-q"])
+    rc = eval_cli.main(
+        [
+            "--model",
+            "fake/model",
+            "--benchmark",
+            "mmmb",
+            "--languages",
+            "en,cn,ar",
+            "--data-dir",
+            str(data_dir),
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "-q",
+        ]
+    )
     assert rc == 0
-    assert seen == {"model": "fake/model", "backend": "hf", "dtype": "float32", "device": "cpu",
-                    "trust_remote_code": False, "max_new_tokens": 16}
+    assert seen == {
+        "model": "fake/model",
+        "backend": "hf",
+        "dtype": "float32",
+        "device": "cpu",
+        "trust_remote_code": False,
+        "max_new_tokens": 16,
+    }
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {l: r["overall"] for l, r in res["mmmb"].items()} == {"en": 50.0, "zh": 25.0, "ar": 75.0}
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:3] == ["mmmb en: accuracy 50.00 % (4 questions, 1 skipped)",
-                         "mmmb zh: accuracy 25.00 % (4 questions, 1 skipped)",
-                         "mmmb ar: accuracy 75.00 % (4 questions, 1 skipped)"]
+    assert lines[:3] == [
+        "mmmb en: accuracy 50.00 % (4 questions, 1 skipped)",
+        "mmmb zh: accuracy 25.00 % (4 questions, 1 skipped)",
+        "mmmb ar: accuracy 75.00 % (4 questions, 1 skipped)",
+    ]
     assert lines[3].startswith("written: ") and f"{out / 'results.json'}, " in lines[3]
     assert all(Path(p).is_file() for p in lines[3].removeprefix("written: ").split(", "))
 
@@ -492,8 +634,15 @@ def _tiny_parrot():
 @pytest.mark.compat
 def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
     model, processor = _tiny_parrot()
-    kw = dict(benchmark="mmmb", languages="en,ar", data_dir=data_dir, batch_size=3, max_new_tokens=4,
-              model_name="tiny", progress=False)
+    kw = dict(
+        benchmark="mmmb",
+        languages="en,ar",
+        data_dir=data_dir,
+        batch_size=3,
+        max_new_tokens=4,
+        model_name="tiny",
+        progress=False,
+    )
     res = evaluate(model, processor, output_dir=tmp_path / "a", **kw)
     assert set(res["mmmb"]) == {"en", "ar"} and res["mmmb"]["en"]["n"] == 4
     preds = [json.loads(l) for l in (tmp_path / "a" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -507,9 +656,32 @@ def test_tiny_parrot_end_to_end(tmp_path, data_dir, monkeypatch):
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     processor.save_pretrained(ckpt)
-    rc = eval_cli.main(["--model", str(ckpt), "--benchmark", "mmmb", "--languages", "en,ar", "--data-dir",
-                        str(data_dir), "--output", str(tmp_path / "c"), "--batch-size", "3", "--max-new-tokens", "4",
-                        "--dtype", "float32", "--device", "cpu", "--model-name", "tiny", "--no-progress", "-q"])
+    rc = eval_cli.main(
+        [
+            "--model",
+            str(ckpt),
+            "--benchmark",
+            "mmmb",
+            "--languages",
+            "en,ar",
+            "--data-dir",
+            str(data_dir),
+            "--output",
+            str(tmp_path / "c"),
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+            "--model-name",
+            "tiny",
+            "--no-progress",
+            "-q",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "c" / "results.json").read_bytes() == (tmp_path / "a" / "results.json").read_bytes()
 
@@ -554,14 +726,20 @@ def test_image_failing_at_run_time_is_skipped(tmp_path, data_dir):
 
 def test_several_language_files_of_one_benchmark_merge(tmp_path):
     """`--benchmark x_en.tsv,x_cn.tsv` reports both languages (they share the benchmark name)."""
-    rows = lambda lang: [{"index": i, "question": f"q{i}", "A": "a", "B": "b", "answer": "A", "category": "c",
-                          "image": png_b64()} for i in range(3)]
+
+    def rows(lang):
+        return [
+            {"index": i, "question": f"q{i}", "A": "a", "B": "b", "answer": "A", "category": "c", "image": png_b64()}
+            for i in range(3)
+        ]
+
     paths = []
     for code in ("en", "cn"):
         path = tmp_path / f"bench_{code}.tsv"
         pd.DataFrame(rows(code)).to_csv(path, sep="\t", index=False)
         paths.append(str(path))
-    results = evaluate(predict_fn=lambda items: ["A"] * len(items), benchmark=paths, output_dir=tmp_path / "out",
-                       progress=False)
+    results = evaluate(
+        predict_fn=lambda items: ["A"] * len(items), benchmark=paths, output_dir=tmp_path / "out", progress=False
+    )
     assert set(results["bench"]) == {"en", "zh"}
     assert results["bench"]["en"]["overall"] == results["bench"]["zh"]["overall"] == 100.0

@@ -22,13 +22,33 @@ from PIL import Image
 
 from transformers_parrot.chat.backend import ChatInputError, LocalBackend, Settings, Turn
 
-FUZZ = settings(derandomize=True, max_examples=40, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True,
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SPECIAL = ["<image>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-GOOD_FILES = ["rgb.png", "cmyk.jpg", "grey16.png", "palette_alpha.png", "la.png", "animated.gif", "one.png",
-              "thin.png", "tiny.bmp"]
-BAD_FILES = {"empty.png": "cannot|not an image", "notes.png": "not an image", "cut.png": "damaged",
-             "huge.png": "megapixels", "folder": "cannot be read|not an image", "missing.png": "cannot be read"}
+GOOD_FILES = [
+    "rgb.png",
+    "cmyk.jpg",
+    "grey16.png",
+    "palette_alpha.png",
+    "la.png",
+    "animated.gif",
+    "one.png",
+    "thin.png",
+    "tiny.bmp",
+]
+BAD_FILES = {
+    "empty.png": "cannot|not an image",
+    "notes.png": "not an image",
+    "cut.png": "damaged",
+    "huge.png": "megapixels",
+    "folder": "cannot be read|not an image",
+    "missing.png": "cannot be read",
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +75,7 @@ def files(tmp_path_factory):
     base = make_image(5, (40, 28))
     base.save(folder / "rgb.png")
     base.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)).save(folder / "grey16.png")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(folder / "grey16.png")
     palette = base.convert("P")
     palette.save(folder / "palette_alpha.png", transparency=0)
     base.convert("LA").save(folder / "la.png")
@@ -72,8 +92,13 @@ def files(tmp_path_factory):
     return {name: str(folder / name) for name in [*GOOD_FILES, *BAD_FILES]}
 
 
-questions = st.lists(st.sampled_from([*SPECIAL, "What colour?", "圆圈是什么颜色？", "ما لون", "\n", " ", "\x00", "\t",
-                                      "\u200b", "\u202e", "ﷺ"]) | st.text(max_size=8), max_size=6).map("".join)
+questions = st.lists(
+    st.sampled_from(
+        [*SPECIAL, "What colour?", "圆圈是什么颜色？", "ما لون", "\n", " ", "\x00", "\t", "\u200b", "\u202e", "ﷺ"]
+    )
+    | st.text(max_size=8),
+    max_size=6,
+).map("".join)
 
 words = st.tuples(st.sampled_from(["What colour?", "Какого цвета", "ما لون", "x"]), questions).map("".join)
 
@@ -95,11 +120,18 @@ def histories(draw, names):
     return turns
 
 
-good_settings = st.builds(Settings, max_new_tokens=st.integers(1, 3), temperature=st.sampled_from([0.0, 0.0, 0.7]),
-                          top_p=st.sampled_from([1.0, 0.5]))
-any_settings = st.builds(Settings, max_new_tokens=st.sampled_from([1, 0, -4]),
-                         temperature=st.sampled_from([0.0, 0.7, -1.0, math.nan, math.inf]),
-                         top_p=st.sampled_from([1.0, 0.0, 1.5, math.nan]))
+good_settings = st.builds(
+    Settings,
+    max_new_tokens=st.integers(1, 3),
+    temperature=st.sampled_from([0.0, 0.0, 0.7]),
+    top_p=st.sampled_from([1.0, 0.5]),
+)
+any_settings = st.builds(
+    Settings,
+    max_new_tokens=st.sampled_from([1, 0, -4]),
+    temperature=st.sampled_from([0.0, 0.7, -1.0, math.nan, math.inf]),
+    top_p=st.sampled_from([1.0, 0.0, 1.5, math.nan]),
+)
 setting_values = st.sampled_from([good_settings] * 3 + [any_settings]).flatmap(lambda strategy: strategy)
 
 
@@ -128,7 +160,7 @@ def _greedy(local, turns: list[Turn], images: list[Image.Image], max_new_tokens:
     inputs = processor(text=[prompt], images=[images] if images else None, return_tensors="pt")
     with torch.no_grad():
         out = local.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @FUZZ
@@ -165,9 +197,12 @@ def test_any_request_gets_the_answer_or_a_clear_error(app, local, files, data):
     event("answered")
     assert final.error is None and final.ok, final.error
     if chosen.temperature == 0:
-        pictures = [Image.open(path).convert("RGB") if not path.endswith("grey16.png") else
-                    Image.fromarray(np.rint(np.asarray(Image.open(path), dtype=np.float64) / 257).astype(np.uint8))
-                    for path in [*earlier_images, *[files[n] for n in uploads]]]
+        pictures = [
+            Image.open(path).convert("RGB")
+            if not path.endswith("grey16.png")
+            else Image.fromarray(np.rint(np.asarray(Image.open(path), dtype=np.float64) / 257).astype(np.uint8))
+            for path in [*earlier_images, *[files[n] for n in uploads]]
+        ]
         turns = [*earlier, Turn(question.strip(), files[uploads[0]] if uploads else None)]
         assert final.answer == _greedy(local, turns, pictures, chosen.max_new_tokens)
 
@@ -180,9 +215,16 @@ def test_special_tokens_in_earlier_answers_stay_text(local, files):
     assert int((inputs["input_ids"] == local.processor.image_token_id).sum()) == local.processor.image_seq_length
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("max_new_tokens", 0, "max_new_tokens"), ("temperature", math.nan, "temperature"),
-    ("temperature", -0.5, "temperature"), ("top_p", 0.0, "top_p"), ("top_p", math.inf, "top_p")])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_new_tokens", 0, "max_new_tokens"),
+        ("temperature", math.nan, "temperature"),
+        ("temperature", -0.5, "temperature"),
+        ("top_p", 0.0, "top_p"),
+        ("top_p", math.inf, "top_p"),
+    ],
+)
 def test_bad_settings_are_named(local, field, value, message):
     kwargs = {"max_new_tokens": 2, "temperature": 0.5, "top_p": 0.9, field: value}
     with pytest.raises(ChatInputError, match=message):

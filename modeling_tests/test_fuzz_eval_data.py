@@ -21,8 +21,9 @@ from PIL import Image
 
 from transformers_parrot.evaluation.data import DatasetFormatError, load_tsv
 
-FUZZ = settings(derandomize=True, max_examples=40, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True, max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LETTERS = "ABCD"
 
 
@@ -33,12 +34,16 @@ def _png_b64(seed: int) -> str:
 
 
 GOOD_IMAGES = [_png_b64(seed) for seed in range(4)]
-BROKEN_IMAGES = ["not base64 at all!", base64.b64encode(b"GIF89a but not really a gif, just text").decode(),
-                 GOOD_IMAGES[0][: len(GOOD_IMAGES[0]) // 2]]
+BROKEN_IMAGES = [
+    "not base64 at all!",
+    base64.b64encode(b"GIF89a but not really a gif, just text").decode(),
+    GOOD_IMAGES[0][: len(GOOD_IMAGES[0]) // 2],
+]
 
 # any text a question or option may hold: tabs, newlines, quotes, "NA"/"None" that must stay text, RTL and CJK
 cell_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=20) | st.sampled_from(
-    ["None", "NA", "nan", "N/A", "null", '"quoted"', "a\tb", "line\nbreak", "  ", "", "0", "1.0", "ما لون", "圆圈"])
+    ["None", "NA", "nan", "N/A", "null", '"quoted"', "a\tb", "line\nbreak", "  ", "", "0", "1.0", "ما لون", "圆圈"]
+)
 
 
 @st.composite
@@ -49,9 +54,18 @@ def rows(draw):
     options = {letter: draw(cell_text) for letter in LETTERS}
     answer = draw(st.sampled_from([*LETTERS, "a", "E", "", " B "]))
     image = draw(st.sampled_from(["good", "good", "good", "broken", "empty"]))
-    row = {"index": index, "question": question, **options, "answer": answer, "category": draw(cell_text),
-           "image": draw(st.sampled_from(GOOD_IMAGES)) if image == "good" else
-           draw(st.sampled_from(BROKEN_IMAGES)) if image == "broken" else ""}
+    row = {
+        "index": index,
+        "question": question,
+        **options,
+        "answer": answer,
+        "category": draw(cell_text),
+        "image": draw(st.sampled_from(GOOD_IMAGES))
+        if image == "good"
+        else draw(st.sampled_from(BROKEN_IMAGES))
+        if image == "broken"
+        else "",
+    }
     return row
 
 
@@ -78,8 +92,14 @@ def _expected(row: dict, seen: set[int]) -> dict | str:
     if row["image"] in BROKEN_IMAGES:
         return "image"
     seen.add(index)
-    return {"index": index, "question": row["question"], "options": options, "answer": answer,
-            "category": row["category"] if row["category"].strip() else None, "image_b64": row["image"]}
+    return {
+        "index": index,
+        "question": row["question"],
+        "options": options,
+        "answer": answer,
+        "category": row["category"] if row["category"].strip() else None,
+        "image_b64": row["image"],
+    }
 
 
 @FUZZ
@@ -93,8 +113,17 @@ def test_rows_come_back_exactly_or_as_bad_rows(table):
     expected = [_expected(row, seen) for row in table]
     kept = [e for e in expected if isinstance(e, dict)]
     assert len(samples) + len(bad) == len(table)
-    got = [{"index": s.index, "question": s.question, "options": s.options, "answer": s.answer,
-            "category": s.category, "image_b64": s.image_b64} for s in samples]
+    got = [
+        {
+            "index": s.index,
+            "question": s.question,
+            "options": s.options,
+            "answer": s.answer,
+            "category": s.category,
+            "image_b64": s.image_b64,
+        }
+        for s in samples
+    ]
     assert got == kept
     reasons = [e for e in expected if isinstance(e, str)]
     assert len(reasons) == len(bad)
@@ -106,9 +135,16 @@ def test_rows_come_back_exactly_or_as_bad_rows(table):
 
 
 @FUZZ
-@given(content=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
-       | st.lists(st.sampled_from(["index", "question", "A", "B", "answer", "image", "\t", "\n", "0", "x", '"',
-                                   GOOD_IMAGES[0], "\r"]), max_size=40).map(lambda p: "".join(p).encode()))
+@given(
+    content=st.binary(max_size=300)
+    | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    | st.lists(
+        st.sampled_from(
+            ["index", "question", "A", "B", "answer", "image", "\t", "\n", "0", "x", '"', GOOD_IMAGES[0], "\r"]
+        ),
+        max_size=40,
+    ).map(lambda p: "".join(p).encode())
+)
 def test_any_bytes_give_samples_or_a_format_error(content):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "garbage_en.tsv"
@@ -125,8 +161,14 @@ def test_any_bytes_give_samples_or_a_format_error(content):
 def test_lone_carriage_return_and_long_index(tmp_path):
     """Regressions found by the fuzzer: a lone "\\r" in a cell (pandas writes it unquoted) split the row in two, and
     an index past 2**53 came back rounded through float."""
-    row = {"index": "12345678901234567891", "question": "q\rstill q", "A": "x", "B": "y\r", "answer": "B",
-           "image": GOOD_IMAGES[1]}
+    row = {
+        "index": "12345678901234567891",
+        "question": "q\rstill q",
+        "A": "x",
+        "B": "y\r",
+        "answer": "B",
+        "image": GOOD_IMAGES[1],
+    }
     path = tmp_path / "cr_en.tsv"
     pd.DataFrame([row]).to_csv(path, sep="\t", index=False)
     (sample,), bad = load_tsv(path)

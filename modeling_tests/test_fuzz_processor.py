@@ -20,8 +20,13 @@ from test_image_processing import SIDE, expected_pixels
 
 from transformers_parrot.models.parrot.image_processing_parrot import to_pil_rgb
 
-FUZZ = settings(derandomize=True, max_examples=60, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 CLEAR_ERRORS = (ValueError, TypeError)
 
 sizes = st.tuples(st.integers(1, 48), st.integers(1, 48)) | st.sampled_from([(1, 300), (300, 1), (2, 1), (1, 2)])
@@ -56,8 +61,19 @@ def _assert_clear(result, *words: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- arrays
-ARRAY_DTYPES = ["uint8", "uint16", "int32", "int64", "float16", "float32", "float64", "bool", "complex64", "<U1",
-                "object"]
+ARRAY_DTYPES = [
+    "uint8",
+    "uint16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "bool",
+    "complex64",
+    "<U1",
+    "object",
+]
 
 
 @st.composite
@@ -190,7 +206,8 @@ def test_la_and_unconvertible_modes():
     """Premultiplied grey+alpha converts like PIL's RGBa; a mode PIL cannot convert is named in the error."""
     la = Image.merge("La", (Image.new("L", (2, 2), 50), Image.new("L", (2, 2), 128)))
     assert to_pil_rgb(la, "image 0").getpixel((0, 0)) == Image.new("RGBa", (1, 1), (50, 50, 50, 128)).convert(
-        "RGB").getpixel((0, 0))
+        "RGB"
+    ).getpixel((0, 0))
     with pytest.raises(ValueError, match="image 0: a mode F image must hold finite"):
         to_pil_rgb(Image.fromarray(np.full((2, 2), np.nan, np.float32), "F"), "image 0")
     with pytest.raises(ValueError, match=r"image 0: unsupported image array dtype complex64"):
@@ -199,14 +216,33 @@ def test_la_and_unconvertible_modes():
 
 
 # ---------------------------------------------------------------------------------------------- texts and counts
-TEXT_PIECES = st.sampled_from(["<image>", "<image>\n", "<|im_start|>user\n", "<|im_end|>", "<imag", "image>", "<",
-                               "\n", " ", "", "圆圈", "ما لون", "Какого", "çğış"])
+TEXT_PIECES = st.sampled_from(
+    [
+        "<image>",
+        "<image>\n",
+        "<|im_start|>user\n",
+        "<|im_end|>",
+        "<imag",
+        "image>",
+        "<",
+        "\n",
+        " ",
+        "",
+        "圆圈",
+        "ما لون",
+        "Какого",
+        "çğış",
+    ]
+)
 texts = st.lists(TEXT_PIECES | st.text(max_size=12), max_size=12).map("".join) | st.just("")
 
 
 @FUZZ
-@given(batch=st.lists(st.tuples(texts, st.integers(0, 3)), min_size=1, max_size=3), nested=st.booleans(),
-       long_words=st.integers(0, 400))
+@given(
+    batch=st.lists(st.tuples(texts, st.integers(0, 3)), min_size=1, max_size=3),
+    nested=st.booleans(),
+    long_words=st.integers(0, 400),
+)
 def test_image_counts_and_texts(processor, batch, nested, long_words):
     """Success iff every sample has one image per `<image>`; then each placeholder is exactly image_seq_length
     image tokens in a row and there is one pixel block per image, in order."""
@@ -215,8 +251,9 @@ def test_image_counts_and_texts(processor, batch, nested, long_words):
     images = given_images if nested else [image for sample in given_images for image in sample]
     counts = [text.count("<image>") for text in samples]
     result = _call(processor, text=samples, images=images or None, padding=True)
-    matches = ([len(s) for s in given_images] == counts) if nested else (sum(len(s) for s in given_images) ==
-                                                                         sum(counts))
+    matches = (
+        ([len(s) for s in given_images] == counts) if nested else (sum(len(s) for s in given_images) == sum(counts))
+    )
     if not matches:
         _assert_clear(result, "<image>" if sum(counts) else "image")
         return

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from transformers_parrot.training.data import (
-    LLAVA_ROLES,
     ROLES,
     ParrotDataError,
     convert_llava_sample,
@@ -26,16 +25,24 @@ from transformers_parrot.training.data import (
     normalize_conversational,
 )
 
-FUZZ = settings(derandomize=True, max_examples=80, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    derandomize=True,
+    max_examples=80,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 FUZZ_DATASETS = settings(FUZZ, max_examples=40)  # each example builds a `datasets.Dataset` (tens of ms)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8)
-turn_text = st.lists(st.sampled_from(["<image>", "<image>\n", "\n", "What is", " this?", "圆圈", "", "<imag"]) |
-                     st.text(max_size=6), max_size=6).map("".join)
+    max_leaves=8,
+)
+turn_text = st.lists(
+    st.sampled_from(["<image>", "<image>\n", "\n", "What is", " this?", "圆圈", "", "<imag"]) | st.text(max_size=6),
+    max_size=6,
+).map("".join)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,13 @@ def _check_row(row: dict, texts: list[str], n_images: int) -> None:
     assert kept == [_words(t) for t in texts]
 
 
-plain_text = st.lists(st.sampled_from(["\n", "What is", " this?", "圆圈", "", "<imag", "image>"]) |
-                     st.text(max_size=6), max_size=4).map("".join).map(lambda t: t.replace("<image>", ""))
+plain_text = (
+    st.lists(
+        st.sampled_from(["\n", "What is", " this?", "圆圈", "", "<imag", "image>"]) | st.text(max_size=6), max_size=4
+    )
+    .map("".join)
+    .map(lambda t: t.replace("<image>", ""))
+)
 IMAGE_FIELDS = [None, "", [], "a.png", ["a.png", "b.png"], "missing.png", "broken.png"]
 
 
@@ -139,8 +151,11 @@ def test_llava_entries_convert_or_name_the_sample(entry, image_folder):
 
 
 @FUZZ_DATASETS
-@given(entries=st.lists(llava_entries(), max_size=5), jsonl=st.booleans(), garbage=st.sampled_from(
-    [None, None, "{not json", "[1, 2", "\x00", '{"a": 1}']))
+@given(
+    entries=st.lists(llava_entries(), max_size=5),
+    jsonl=st.booleans(),
+    garbage=st.sampled_from([None, None, "{not json", "[1, 2", "\x00", '{"a": 1}']),
+)
 def test_llava_files_skip_bad_samples_and_count_them(entries, jsonl, garbage, image_folder):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ("data.jsonl" if jsonl else "data.json")
@@ -173,8 +188,10 @@ def conversational_rows(draw):
             parts = text.split("<image>")
             content = [{"type": "text", "text": parts[0]}]
             for part in parts[1:]:
-                content += [{"type": draw(st.sampled_from(["image", "image_url"])), "text": None},
-                            {"type": "text", "text": part}]
+                content += [
+                    {"type": draw(st.sampled_from(["image", "image_url"])), "text": None},
+                    {"type": "text", "text": part},
+                ]
         else:
             content = text
         messages.append({"role": who, "content": content})
@@ -185,8 +202,11 @@ def _expected_texts(messages) -> list[str]:
     texts = []
     for m in messages:
         content = m["content"]
-        texts.append(content if isinstance(content, str) else "".join(
-            item.get("text") or "" for item in content if item.get("type") == "text"))
+        texts.append(
+            content
+            if isinstance(content, str)
+            else "".join(item.get("text") or "" for item in content if item.get("type") == "text")
+        )
     return texts
 
 
@@ -217,8 +237,11 @@ def test_conversational_rows_convert_or_name_the_sample(row, image_folder):
     event("converted")
     (converted,) = out
     stored_images = stored["images"] if isinstance(stored["images"], list) else [stored["images"]]
-    _check_row({"messages": converted["messages"], "images": stored_images}, _expected_texts(stored["messages"]),
-               len(stored_images))
+    _check_row(
+        {"messages": converted["messages"], "images": stored_images},
+        _expected_texts(stored["messages"]),
+        len(stored_images),
+    )
     assert len(normalize_conversational(dataset, source="fuzz", on_error="skip")) == 1
 
 
@@ -232,13 +255,20 @@ def test_regressions_found_by_fuzzing(image_folder, tmp_path):
         convert_llava_sample({"id": "s", "conversations": [{"from": ["human"], "value": "x"}]}, image_folder, 0)
     from datasets import Dataset
 
-    rows = Dataset.from_list([{"messages": [{"role": "user", "content": ["just a string"]},
-                                            {"role": "assistant", "content": ["ok"]}], "images": []}])
+    rows = Dataset.from_list(
+        [
+            {
+                "messages": [{"role": "user", "content": ["just a string"]}, {"role": "assistant", "content": ["ok"]}],
+                "images": [],
+            }
+        ]
+    )
     with pytest.raises(ParrotDataError, match="turn 0 has a content item of unknown type None"):
         normalize_conversational(rows)
     with pytest.raises(ParrotDataError, match="'images' must be a list of images, got int"):
-        normalize_conversational(Dataset.from_list([{"messages": [{"role": "assistant", "content": "x"}],
-                                                     "images": 3}]))
+        normalize_conversational(
+            Dataset.from_list([{"messages": [{"role": "assistant", "content": "x"}], "images": 3}])
+        )
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text(json.dumps({"id": 1, "conversations": turns}) + "\n{broken\n")
     with pytest.raises(ParrotDataError, match=r"data.jsonl: line 2 is not valid JSON"):

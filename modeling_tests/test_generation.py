@@ -13,8 +13,10 @@ from fixtures import QUESTIONS, chat, make_image
 
 
 def _prompt_batch(processor, languages, padding_side="left"):
-    texts = [processor.apply_chat_template(chat(QUESTIONS[lang]), add_generation_prompt=True, tokenize=False)
-             for lang in languages]
+    texts = [
+        processor.apply_chat_template(chat(QUESTIONS[lang]), add_generation_prompt=True, tokenize=False)
+        for lang in languages
+    ]
     images = [[make_image(i)] for i, _ in enumerate(languages)]
     return processor(text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt")
 
@@ -22,7 +24,7 @@ def _prompt_batch(processor, languages, padding_side="left"):
 def _greedy(model, batch, **kwargs):
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, **kwargs)
-    return out[:, batch["input_ids"].shape[1]:]
+    return out[:, batch["input_ids"].shape[1] :]
 
 
 @pytest.mark.compat
@@ -61,7 +63,7 @@ def test_left_padded_batch_matches_each_sample_alone(tiny):
         alone = _prompt_batch(processor, [lang])
         # the sample's image is make_image(0) alone but make_image(row) in the batch: use the same image
         alone["pixel_values"] = _prompt_batch(processor, languages)["pixel_values"][row : row + 1]
-        torch.testing.assert_close(_greedy(model, alone)[0], batched[row], msg=lambda m: f"{lang}: {m}")
+        torch.testing.assert_close(_greedy(model, alone)[0], batched[row], msg=lambda m, lang=lang: f"{lang}: {m}")
 
 
 def test_streamer_yields_the_generated_text(tiny):
@@ -82,9 +84,14 @@ def test_generate_from_inputs_embeds_matches_input_ids(tiny):
     from_ids = _greedy(model, batch)
     embeds = model.get_input_embeddings()(batch["input_ids"])
     with torch.no_grad():
-        from_embeds = model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                                     pixel_values=batch["pixel_values"], max_new_tokens=6, min_new_tokens=6,
-                                     do_sample=False)
+        from_embeds = model.generate(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+        )
     torch.testing.assert_close(from_embeds[:, -6:], from_ids)
 
 
@@ -93,18 +100,23 @@ def test_pipeline_answers_chat_messages_in_six_languages(tiny):
     model, processor = tiny
     pipe = transformers.pipeline("image-text-to-text", model=model, processor=processor)
     for lang, question in QUESTIONS.items():
-        messages = [{"role": "user", "content": [{"type": "image", "image": make_image(3)},
-                                                 {"type": "text", "text": question}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": make_image(3)}, {"type": "text", "text": question}],
+            }
+        ]
         result = pipe(text=messages, max_new_tokens=5, generate_kwargs={"do_sample": False, "min_new_tokens": 5})
         reply = result[0]["generated_text"]
         answer = reply[-1]["content"] if isinstance(reply, list) else reply
         batch = processor(
             text=[processor.apply_chat_template(chat(question), add_generation_prompt=True, tokenize=False)],
-            images=[make_image(3)], return_tensors="pt",
+            images=[make_image(3)],
+            return_tensors="pt",
         )
         with torch.no_grad():
             ids = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-        expected = processor.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        expected = processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0]
         assert answer.strip() == expected.strip(), lang
 
 
@@ -151,8 +163,11 @@ def test_no_deprecation_warnings_from_parrot(tiny, tmp_path):
             _greedy(reloaded, batch)
     finally:
         library_logger.removeHandler(handler)
-    deprecations = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
-                    if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    deprecations = [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+    ]
     assert deprecations == []
     assert [m for m in messages if "deprecat" in m.lower()] == []
 

@@ -73,6 +73,8 @@ def test_loads_without_kernels_and_gives_the_same_logits(saved, monkeypatch):
 def test_explicit_use_kernels_true_without_kernels_is_transformers_error(saved):
     """`use_kernels=True` must do what it says: without a compatible `kernels` package it fails, it is not dropped."""
     if _compat.use_kernels_kwargs() != {"use_kernels": False}:
-        pytest.skip("needs transformers 5.25+ where Hub kernels cannot load (no compatible `kernels` package, or offline)")
+        pytest.skip(
+            "needs transformers 5.25+ where Hub kernels cannot load (no compatible `kernels` package, or offline)"
+        )
     with pytest.raises(ValueError, match="Kernels are not available"):
         ParrotForConditionalGeneration.from_pretrained(saved[0], use_kernels=True)

@@ -52,9 +52,9 @@ def reference_moe(model, visual_tokens: torch.Tensor, guidance_ids: list[int]):
 
 def guidance_ids_of(processor, question, n_images=1):
     """The prompt's token ids as generation sees them, minus image tokens: the notes' text guidance."""
-    ids = processor(text=prompt_text(processor, question, n_images=n_images), images=[make_image()] * n_images, return_tensors="pt")[
-        "input_ids"
-    ][0].tolist()
+    ids = processor(
+        text=prompt_text(processor, question, n_images=n_images), images=[make_image()] * n_images, return_tensors="pt"
+    )["input_ids"][0].tolist()
     return [t for t in ids if t != processor.image_token_id]
 
 
@@ -94,7 +94,11 @@ def test_top_k_one_uses_only_the_best_expert():
         projected = model.get_image_features(batch["pixel_values"]).pooler_output[0]
     best = int(out.router_logits[0].argmax())
     experts, inter = model.model.moe.experts, model.config.moe_intermediate_size
-    w_gate, w_up, w_down = experts.gate_up_proj[best, :inter], experts.gate_up_proj[best, inter:], experts.down_proj[best]
+    w_gate, w_up, w_down = (
+        experts.gate_up_proj[best, :inter],
+        experts.gate_up_proj[best, inter:],
+        experts.down_proj[best],
+    )
     with torch.no_grad():
         expected = (F.silu(projected @ w_gate.T) * (projected @ w_up.T)) @ w_down.T + 0.1 * projected
     torch.testing.assert_close(out.moe_image_features[0], expected, rtol=1e-4, atol=1e-5)
@@ -142,7 +146,10 @@ def test_router_invariance_across_code_paths(tiny):
         padded = {}
         for side in ("left", "right"):
             batch = processor(
-                text=[other, full_text], images=[[make_image(8)], [image]], padding=True, padding_side=side,
+                text=[other, full_text],
+                images=[[make_image(8)], [image]],
+                padding=True,
+                padding_side=side,
                 return_tensors="pt",
             )
             assert (batch["attention_mask"] == 0).any()
@@ -152,16 +159,22 @@ def test_router_invariance_across_code_paths(tiny):
         leaked = processor(text=[prompt_text(processor, question + " " + answer)], images=[image], return_tensors="pt")
         leaked_logits = model(**leaked, output_router_logits=True).router_logits[0]
 
-    for name, logits in [("backbone", backbone), ("labels", with_labels.router_logits[0]),
-                         ("left", padded["left"]), ("right", padded["right"])]:
-        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    for name, logits in [
+        ("backbone", backbone),
+        ("labels", with_labels.router_logits[0]),
+        ("left", padded["left"]),
+        ("right", padded["right"]),
+    ]:
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     assert not torch.allclose(leaked_logits, reference, rtol=1e-3, atol=1e-3)
 
 
 def test_multi_turn_answers_never_guide(tiny):
     model, processor = tiny
     image = make_image(9)
-    turns = chat(QUESTIONS["tr"], "Kırmızı.") + [{"role": "user", "content": [{"type": "text", "text": "Emin misin?"}]}]
+    turns = chat(QUESTIONS["tr"], "Kırmızı.") + [
+        {"role": "user", "content": [{"type": "text", "text": "Emin misin?"}]}
+    ]
     changed = copy.deepcopy(turns)
     changed[1]["content"][0]["text"] = "Mavi, tamamen farklı bir cevap."
     with torch.no_grad():
@@ -177,13 +190,22 @@ def test_multi_turn_answers_never_guide(tiny):
 def test_inputs_embeds_call_routes_like_input_ids(tiny):
     model, processor = tiny
     text = prompt_text(processor, QUESTIONS["zh"], "红色")
-    batch = processor(text=[text, prompt_text(processor, QUESTIONS["en"])], images=[[make_image(1)], [make_image(2)]],
-                      padding=True, padding_side="left", return_tensors="pt")
+    batch = processor(
+        text=[text, prompt_text(processor, QUESTIONS["en"])],
+        images=[[make_image(1)], [make_image(2)]],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     with torch.no_grad():
         by_ids = model(**batch, output_router_logits=True)
         embeds = model.get_input_embeddings()(batch["input_ids"])
-        by_embeds = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                          pixel_values=batch["pixel_values"], output_router_logits=True)
+        by_embeds = model(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            output_router_logits=True,
+        )
     torch.testing.assert_close(by_embeds.router_logits, by_ids.router_logits)
     torch.testing.assert_close(by_embeds.logits, by_ids.logits)
 
@@ -241,7 +263,9 @@ def test_image_hidden_states_is_a_deprecated_alias_of_moe_image_features(tiny):
 @pytest.mark.compat
 def test_tuple_and_dict_outputs_agree(tiny):
     model, processor = tiny
-    batch = processor(text=[prompt_text(processor, QUESTIONS["en"], "Red.")], images=[make_image()], return_tensors="pt")
+    batch = processor(
+        text=[prompt_text(processor, QUESTIONS["en"], "Red.")], images=[make_image()], return_tensors="pt"
+    )
     labels = batch["input_ids"].clone()
     with torch.no_grad():
         as_dict = model(**batch, labels=labels, output_router_logits=True)
@@ -280,7 +304,9 @@ def test_sdpa_and_eager_agree_and_reach_both_submodels(tmp_path):
 
 def test_gradient_checkpointing_gives_same_gradients():
     model, processor = tiny_model(seed=7)
-    batch = processor(text=[prompt_text(processor, QUESTIONS["en"], "Red.")], images=[make_image()], return_tensors="pt")
+    batch = processor(
+        text=[prompt_text(processor, QUESTIONS["en"], "Red.")], images=[make_image()], return_tensors="pt"
+    )
     grads = []
     for checkpointing in (False, True):
         trained = copy.deepcopy(model).train()
@@ -293,7 +319,9 @@ def test_gradient_checkpointing_gives_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     assert "model.moe.experts.gate_up_proj" in grads[0] and "model.moe.gate.weight" in grads[0]
     for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_text_only_batch_touches_multimodal_parameters_only_in_distributed_training(monkeypatch):
@@ -313,8 +341,9 @@ def test_text_only_batch_touches_multimodal_parameters_only_in_distributed_train
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if n.startswith(multimodal)}
 
-    image_batch = processor(text=[prompt_text(processor, QUESTIONS["tr"], "Merhaba.")], images=[make_image()],
-                            return_tensors="pt")
+    image_batch = processor(
+        text=[prompt_text(processor, QUESTIONS["tr"], "Merhaba.")], images=[make_image()], return_tensors="pt"
+    )
     used_with_image = {name for name, grad in run(image_batch)[1].items() if grad is not None}
     single_loss, single_grads = run()
     assert all(grad is None for grad in single_grads.values())
@@ -373,8 +402,9 @@ def test_init_weights_covers_every_parameter_of_ours(tmp_path):
     state = load_file(tmp_path / "model.safetensors")
     ours = [k for k in state if k.startswith(("model.moe.", "model.multi_modal_projector."))]
     assert len(ours) == 7
-    save_file({k: v for k, v in state.items() if k not in ours}, tmp_path / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k not in ours}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+    )
     loaded = ParrotForConditionalGeneration.from_pretrained(tmp_path)
     params = dict(loaded.named_parameters())
     std = loaded.config.initializer_range
@@ -411,7 +441,9 @@ def test_bad_model_inputs_raise_clear_errors(tiny):
     with torch.no_grad():
         with pytest.raises(ValueError, match=r"holds 10 image tokens but pixel_values holds 2 image"):
             model(input_ids=batch["input_ids"], pixel_values=two_images)
-        with pytest.raises(ValueError, match=r"pixel_values must have shape \(num_images, 3, 30, 30\), got \(1, 3, 32, 32\)"):
+        with pytest.raises(
+            ValueError, match=r"pixel_values must have shape \(num_images, 3, 30, 30\), got \(1, 3, 32, 32\)"
+        ):
             model(input_ids=batch["input_ids"], pixel_values=torch.zeros(1, 3, 32, 32))
         text_only = processor(text=["no placeholder here"], return_tensors="pt")
         with pytest.raises(ValueError, match=r"holds 0 image tokens but pixel_values holds 1 image"):

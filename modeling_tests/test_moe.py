@@ -46,12 +46,33 @@ def reference_top_k(experts: ParrotExperts, hidden_states, expert_index, routing
 
 
 def make_config(**overrides) -> ParrotConfig:
-    vision = {"model_type": "clip_vision_model", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "image_size": 4, "patch_size": 2}
-    text = {"model_type": "qwen2", "hidden_size": HIDDEN, "intermediate_size": 16, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 32}
-    return ParrotConfig(vision_config=vision, text_config=text, num_experts=EXPERTS, moe_intermediate_size=INTER,
-                        image_token_id=31, assistant_header_ids=[28, 29, 30], **overrides)
+    vision = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 4,
+        "patch_size": 2,
+    }
+    text = {
+        "model_type": "qwen2",
+        "hidden_size": HIDDEN,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 32,
+    }
+    return ParrotConfig(
+        vision_config=vision,
+        text_config=text,
+        num_experts=EXPERTS,
+        moe_intermediate_size=INTER,
+        image_token_id=31,
+        assistant_header_ids=[28, 29, 30],
+        **overrides,
+    )
 
 
 def make_experts(seed: int = 0) -> ParrotExperts:
@@ -133,8 +154,12 @@ def test_top_k_with_every_expert_equals_the_dense_mixture(path):
     hidden_states, routing_weights = make_inputs(seed=5)
     every = torch.arange(EXPERTS).flip(0).expand(hidden_states.shape[0], EXPERTS)
     with torch.no_grad():
-        torch.testing.assert_close(getattr(experts, path)(hidden_states, every, routing_weights.flip(1)),
-                                   experts(hidden_states, routing_weights), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            getattr(experts, path)(hidden_states, every, routing_weights.flip(1)),
+            experts(hidden_states, routing_weights),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("top_k", [None, 1, 3])

@@ -34,9 +34,13 @@ def test_version_has_one_source():
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "transformers_parrot.__version__"}
     # setuptools reads the attribute statically: it must stay one plain string literal in __init__.py
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    literals = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
-                and isinstance(node.value, ast.Constant)]
+    literals = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["__version__"]
+        and isinstance(node.value, ast.Constant)
+    ]
     assert literals == [transformers_parrot.__version__]
     from packaging.version import Version
 
@@ -48,7 +52,10 @@ def test_extras_cover_the_readme_sections():
     base = " ".join(PYPROJECT["project"]["dependencies"])
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert "accelerate" in base  # device_map="auto" in the Usage snippet works on a base install
-    assert any(r.startswith("deepspeed") for r in extras["deepspeed"]) and "transformers-parrot[train]" in extras["deepspeed"]
+    assert (
+        any(r.startswith("deepspeed") for r in extras["deepspeed"])
+        and "transformers-parrot[train]" in extras["deepspeed"]
+    )
     assert {"pandas>=2.0", "matplotlib>=3.8"} <= set(extras["eval"])  # what parrot-eval checks for
     from transformers_parrot.evaluation.cli import EXTRA_MODULES
 
@@ -62,8 +69,12 @@ def test_extras_cover_the_readme_sections():
 def dist(tmp_path_factory) -> Path:
     """sdist + wheel built from the checkout (no build isolation: setuptools comes from the dev extra)."""
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
@@ -72,14 +83,21 @@ def test_twine_accepts_the_distributions(dist):
     version = transformers_parrot.__version__
     files = sorted(p.name for p in dist.iterdir())
     assert files == [f"transformers_parrot-{version}-py3-none-any.whl", f"transformers_parrot-{version}.tar.gz"]
-    done = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stdout.count("PASSED") == 2, done.stdout + done.stderr
 
 
 def _source_files() -> set[str]:
-    return {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    return {
+        str(p.relative_to(PACKAGE.parent))
+        for p in PACKAGE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
 
 
 def test_wheel_holds_every_module_data_file_and_entry_point(dist):

@@ -103,30 +103,42 @@ def test_single_turn_prompt_matches_notes(processor, lang):
     # the tokenized form has exactly one <image> and the assistant header at the end
     ids = processor.tokenizer.encode(prompt, add_special_tokens=False)
     assert ids.count(processor.image_token_id) == 1
-    assert ids[-len(processor.assistant_header_ids):] == processor.assistant_header_ids
+    assert ids[-len(processor.assistant_header_ids) :] == processor.assistant_header_ids
 
 
 def test_template_variants(processor):
     render = processor.apply_chat_template
     # string content, no images, custom system prompt
-    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"}]
-    assert render(conv) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                            "<|im_start|>assistant\nHello<|im_end|>\n")
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    assert render(conv) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello<|im_end|>\n"
+    )
     # two images go before the text whatever their position in the content list; multi-turn
-    conv = [{"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "image"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "Same"}]},
-            {"role": "user", "content": "Sure?"}]
+    conv = [
+        {"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Same"}]},
+        {"role": "user", "content": "Sure?"},
+    ]
     assert render(conv, add_generation_prompt=True) == (
         SYSTEM + "<|im_start|>user\n<image>\n<image>\nCompare<|im_end|>\n<|im_start|>assistant\nSame<|im_end|>\n"
-        "<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
+    )
     # the tokenizer ships the same template for text-only use
     assert processor.tokenizer.apply_chat_template(conv, tokenize=False) == render(conv)
 
 
 def test_assistant_mask_from_apply_chat_template(processor):
-    conv = [user_image_turn("Colour?"), {"role": "assistant", "content": "Red."},
-            {"role": "user", "content": "Shape?"}, {"role": "assistant", "content": "Circle."}]
+    conv = [
+        user_image_turn("Colour?"),
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Shape?"},
+        {"role": "assistant", "content": "Circle."},
+    ]
     kwargs = dict(tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     if IS_V5:
         out = processor.apply_chat_template(conv, processor_kwargs={}, **kwargs)
@@ -169,15 +181,21 @@ def test_offsets_map_to_unexpanded_text(processor):
         if token_id == processor.image_token_id:
             assert text[start:end] == "<image>"
     assert offsets[SEQ:] == processor.tokenizer(text, return_offsets_mapping=True)["offset_mapping"][1:]
-    assert "".join(text[s:e] for (s, e) in offsets[SEQ - 1:]) == text
+    assert "".join(text[s:e] for (s, e) in offsets[SEQ - 1 :]) == text
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding(processor, side):
     img = bundled_image()
     texts = ["<image>\na", "<image>\nred blue green yellow"]
-    out = processor(images=[img, img], text=texts, padding=True, padding_side=side, return_offsets_mapping=True,
-                    return_tensors="pt")
+    out = processor(
+        images=[img, img],
+        text=texts,
+        padding=True,
+        padding_side=side,
+        return_offsets_mapping=True,
+        return_tensors="pt",
+    )
     ids, mask, offs = out["input_ids"], out["attention_mask"], out["offset_mapping"]
     lengths = mask.sum(-1).tolist()
     assert ids.shape[1] == max(lengths) and lengths[0] < lengths[1]
@@ -188,8 +206,9 @@ def test_padding(processor, side):
     # pad_to_multiple_of and max_length padding
     out = processor(images=[img, img], text=texts, padding=True, pad_to_multiple_of=8, return_tensors="pt")
     assert out["input_ids"].shape[1] % 8 == 0 and out["input_ids"].shape[1] >= max(lengths)
-    out = processor(images=[img, img], text=texts, padding="max_length", max_length=40, padding_side=side,
-                    return_tensors="pt")
+    out = processor(
+        images=[img, img], text=texts, padding="max_length", max_length=40, padding_side=side, return_tensors="pt"
+    )
     assert out["input_ids"].shape == (2, 40)
     with pytest.raises(ValueError, match="padding=True"):
         processor(images=[img, img], text=texts, return_tensors="pt")
@@ -214,8 +233,12 @@ def test_truncation(processor):
         tok.truncation_side = "left"
         with pytest.raises(ValueError, match="would cut image tokens"):
             processor(images=[img], text=text, truncation=True, max_length=len(full) - 1)
-        out = processor(images=[img], text="hello " + text.replace("<image>\n", "") + " <image>", truncation=True,
-                        max_length=SEQ + 1)
+        out = processor(
+            images=[img],
+            text="hello " + text.replace("<image>\n", "") + " <image>",
+            truncation=True,
+            max_length=SEQ + 1,
+        )
         assert out["input_ids"][0][-SEQ:] == [processor.image_token_id] * SEQ
     finally:
         tok.truncation_side = old
@@ -264,8 +287,9 @@ def test_pipeline_style_call(processor):
     """What transformers 5.x's image-text-to-text pipeline does with chat input."""
     messages = [user_image_turn("What colour is the circle?")]
     kwargs = {"processor_kwargs": {}} if IS_V5 else {}
-    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt", **kwargs)
+    out = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", **kwargs
+    )
     assert out["pixel_values"].shape == (1, 3, SIDE, SIDE)
     assert out["input_ids"][0, -5:].tolist() == processor.assistant_header_ids
     assert (out["input_ids"] == processor.image_token_id).sum() == SEQ
@@ -274,14 +298,27 @@ def test_pipeline_style_call(processor):
 def test_dpo_style_call(processor):
     """TRL's DPO collator: nested images, left padding, then completions without images."""
     img = bundled_image()
-    prompts = [processor.apply_chat_template([user_image_turn("Colour?")], add_generation_prompt=True),
-               processor.apply_chat_template([user_image_turn("Shape of the red thing?")], add_generation_prompt=True)]
-    out = processor(images=[[img], [img]], text=prompts, padding=True, padding_side="left", return_tensors="pt",
-                    add_special_tokens=False)
+    prompts = [
+        processor.apply_chat_template([user_image_turn("Colour?")], add_generation_prompt=True),
+        processor.apply_chat_template([user_image_turn("Shape of the red thing?")], add_generation_prompt=True),
+    ]
+    out = processor(
+        images=[[img], [img]],
+        text=prompts,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     assert out["attention_mask"][0, 0] == 0 and out["attention_mask"][:, -1].all()
     assert (out["input_ids"][:, -5:] == torch.tensor(processor.assistant_header_ids)).all()
-    done = processor(text=["Red.<|im_end|>", "Circle.<|im_end|>"], padding=True, padding_side="right",
-                     return_tensors="pt", add_special_tokens=False)
+    done = processor(
+        text=["Red.<|im_end|>", "Circle.<|im_end|>"],
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     assert "pixel_values" not in done and done["attention_mask"][:, 0].all()
 
 
@@ -294,17 +331,27 @@ def test_trl_sft_collator_assistant_mask(processor):
 
     img = bundled_image()
     examples = [
-        {"messages": [{"role": "user", "content": "What colour is the circle?"},
-                      {"role": "assistant", "content": "Red."},
-                      {"role": "user", "content": "And the square?"},
-                      {"role": "assistant", "content": "Blue, on the right."}], "images": [img]},
-        {"messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes."}],
-         "images": []},
-        {"messages": [{"role": "user", "content": "Сколько фигур?"}, {"role": "assistant", "content": "Две."}],
-         "images": [img, img]},
+        {
+            "messages": [
+                {"role": "user", "content": "What colour is the circle?"},
+                {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "And the square?"},
+                {"role": "assistant", "content": "Blue, on the right."},
+            ],
+            "images": [img],
+        },
+        {
+            "messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes."}],
+            "images": [],
+        },
+        {
+            "messages": [{"role": "user", "content": "Сколько фигур?"}, {"role": "assistant", "content": "Две."}],
+            "images": [img, img],
+        },
     ]
-    collator = DataCollatorForVisionLanguageModeling(processor, max_length=200, assistant_only_loss=True,
-                                                     pad_to_multiple_of=8)
+    collator = DataCollatorForVisionLanguageModeling(
+        processor, max_length=200, assistant_only_loss=True, pad_to_multiple_of=8
+    )
     batch = collator([dict(e) for e in examples])
     assert "assistant_masks" not in batch
     assert batch["pixel_values"].shape == (3, 3, SIDE, SIDE)
@@ -318,7 +365,7 @@ def test_trl_sft_collator_assistant_mask(processor):
         # independent expectation from the ids: after each assistant header, up to and including <|im_end|>
         expected = [-100] * len(ids)
         for start in range(len(ids) - len(header) + 1):
-            if ids[start:start + len(header)] == header:
+            if ids[start : start + len(header)] == header:
                 pos = start + len(header)
                 while True:
                     expected[pos] = ids[pos]
@@ -346,7 +393,7 @@ def test_save_load_round_trip(processor, tmp_path):
     for name in ("processor_config.json", "preprocessor_config.json"):
         if (tmp_path / name).exists():
             assert "Pil" not in (tmp_path / name).read_text()
-    assert "extra_special_tokens\": [" not in (tmp_path / "tokenizer_config.json").read_text()
+    assert 'extra_special_tokens": [' not in (tmp_path / "tokenizer_config.json").read_text()
     loaded = ParrotProcessor.from_pretrained(tmp_path)
     assert loaded.image_seq_length == SEQ and loaded.chat_template == processor.chat_template
     img = bundled_image()
@@ -383,8 +430,14 @@ print(json.dumps({"ids": out["input_ids"].tolist(), "pixels": float(np.abs(out["
 def _remote_load(python, directory):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(Path(directory).parent / "modules"))
-    result = subprocess.run([str(python), "-c", _REMOTE_CHECK, str(directory)], capture_output=True, text=True,
-                            cwd=str(Path(directory).parent), env=env, timeout=120)
+    result = subprocess.run(
+        [str(python), "-c", _REMOTE_CHECK, str(directory)],
+        capture_output=True,
+        text=True,
+        cwd=str(Path(directory).parent),
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -416,12 +469,18 @@ def test_trl_dpo_vision_collator(processor):
 
     img = bundled_image()
     examples = [
-        {"images": [img], "prompt": [{"role": "user", "content": "What colour is the circle?"}],
-         "chosen": [{"role": "assistant", "content": "Red."}],
-         "rejected": [{"role": "assistant", "content": "Blue, clearly."}]},
-        {"images": [img], "prompt": [{"role": "user", "content": "Shape?"}],
-         "chosen": [{"role": "assistant", "content": "Circle."}],
-         "rejected": [{"role": "assistant", "content": "Square."}]},
+        {
+            "images": [img],
+            "prompt": [{"role": "user", "content": "What colour is the circle?"}],
+            "chosen": [{"role": "assistant", "content": "Red."}],
+            "rejected": [{"role": "assistant", "content": "Blue, clearly."}],
+        },
+        {
+            "images": [img],
+            "prompt": [{"role": "user", "content": "Shape?"}],
+            "chosen": [{"role": "assistant", "content": "Circle."}],
+            "rejected": [{"role": "assistant", "content": "Square."}],
+        },
     ]
     batch = DataCollatorForVisionPreference(processor)(examples)
     assert batch["pixel_values"].shape == (4, 3, SIDE, SIDE)
@@ -435,7 +494,7 @@ def test_trl_dpo_vision_collator(processor):
         assert tok.decode(ids[completion_mask]) == completion + "<|im_end|>\n"
         assert (ids == processor.image_token_id).sum() == SEQ
         prompt_ids = ids[prompt_mask].tolist()
-        assert prompt_ids[-len(processor.assistant_header_ids):] == processor.assistant_header_ids
+        assert prompt_ids[-len(processor.assistant_header_ids) :] == processor.assistant_header_ids
 
 
 def test_image_text_to_text_pipeline(tokenizer):
@@ -451,14 +510,32 @@ def test_image_text_to_text_pipeline(tokenizer):
     image_processor = default_image_processor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
     processor = ParrotProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=5)
     config = ParrotConfig(
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer) + 8, hidden_size=32, intermediate_size=37,
-                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                           num_attention_heads=4, image_size=8, patch_size=4, projection_dim=32),
-        image_token_id=processor.image_token_id, assistant_header_ids=processor.assistant_header_ids,
-        num_experts=2, moe_intermediate_size=16,
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer) + 8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=8,
+            patch_size=4,
+            projection_dim=32,
+        ),
+        image_token_id=processor.image_token_id,
+        assistant_header_ids=processor.assistant_header_ids,
+        num_experts=2,
+        moe_intermediate_size=16,
     )
     model = modeling.ParrotForConditionalGeneration(config).eval()
     pipe = pipeline("image-text-to-text", model=model, processor=processor)

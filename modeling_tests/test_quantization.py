@@ -19,10 +19,10 @@ import sys
 
 import pytest
 import torch
+import transformers
 from fixtures import QUESTIONS, chat, make_image, sharpen_routing
 from torch import nn
 
-import transformers
 from transformers_parrot.models.parrot._compat import IS_TRANSFORMERS_4
 from transformers_parrot.models.parrot.modeling_parrot import UNQUANTIZED_MODULES
 from transformers_parrot.quantization import (
@@ -71,10 +71,10 @@ def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("parrot-quant")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    texts = [processor.apply_chat_template(chat(q), add_generation_prompt=True, tokenize=False)
-             for q in QUESTIONS.values()]
-    batch = processor(text=texts, images=[make_image(i) for i in range(len(texts))], return_tensors="pt",
-                      padding=True)
+    texts = [
+        processor.apply_chat_template(chat(q), add_generation_prompt=True, tokenize=False) for q in QUESTIONS.values()
+    ]
+    batch = processor(text=texts, images=[make_image(i) for i in range(len(texts))], return_tensors="pt", padding=True)
     return folder, processor, batch
 
 
@@ -105,7 +105,9 @@ def _linear_kinds(model) -> dict[str, set[str]]:
 def references(saved):
     """Outputs of the unquantized model loaded in float32 and bfloat16."""
     folder, _, batch = saved
-    return {dtype: _run(_load(folder, dtype), batch, dtype, generate=True) for dtype in (torch.float32, torch.bfloat16)}
+    return {
+        dtype: _run(_load(folder, dtype), batch, dtype, generate=True) for dtype in (torch.float32, torch.bfloat16)
+    }
 
 
 def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -130,12 +132,18 @@ def _reference(saved, references, dtype: torch.dtype):
 def test_only_the_llm_is_quantized(saved, name):
     """A plain BitsAndBytesConfig quantizes every LLM linear layer and nothing else: no skip list needed."""
     folder, _, _ = saved
-    model = _load(folder, quantization_config=transformers.BitsAndBytesConfig(**{f"load_in_{name[-1]}bit": True}),
-                  device_map="cpu")
+    model = _load(
+        folder,
+        quantization_config=transformers.BitsAndBytesConfig(**{f"load_in_{name[-1]}bit": True}),
+        device_map="cpu",
+    )
     quantized = "Linear4bit" if name == "nf4" else "Linear8bitLt"
     assert _linear_kinds(model) == {
-        "vision_tower": {"Linear"}, "multi_modal_projector": {"Linear"}, "moe": {"Linear"},
-        "language_model": {quantized}, "lm_head": {"Linear"},
+        "vision_tower": {"Linear"},
+        "multi_modal_projector": {"Linear"},
+        "moe": {"Linear"},
+        "language_model": {quantized},
+        "lm_head": {"Linear"},
     }
     assert set(UNQUANTIZED_MODULES) == {"vision_tower", "multi_modal_projector", "moe"}
     for part in UNQUANTIZED_MODULES:
@@ -151,8 +159,12 @@ def test_routing_equals_the_unquantized_model(saved, references, name, dtype):
     folder, _, batch = saved
     model = _load_bnb(folder, name, dtype)
     reference, _ = _reference(saved, references, dtype)
-    kept = [model.model.moe.gate.weight, model.model.moe.experts.down_proj,
-            next(model.model.vision_tower.parameters()), model.model.multi_modal_projector.linear_2.weight]
+    kept = [
+        model.model.moe.gate.weight,
+        model.model.moe.experts.down_proj,
+        next(model.model.vision_tower.parameters()),
+        model.model.multi_modal_projector.linear_2.weight,
+    ]
     assert all(weight.dtype == _kept_dtype(dtype) for weight in kept) and model.lm_head.weight.dtype == dtype
     outputs, _ = _run(model, batch, dtype)
     assert reference.router_logits.shape == (len(QUESTIONS), model.config.num_experts)
@@ -213,7 +225,7 @@ def test_save_and_reload_generates_the_same_tokens(saved, tmp_path, name):
     torch.testing.assert_close(ours.logits, theirs.logits)
 
 
-REMOTE_LOADER = r'''
+REMOTE_LOADER = r"""
 import importlib.abc, json, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -237,7 +249,7 @@ for name, module in model.named_modules():
     if isinstance(module, torch.nn.Linear):
         kinds.setdefault(name.split(".")[1] if name.startswith("model.") else name, set()).add(type(module).__name__)
 print(json.dumps({"module": type(model).__module__, "kinds": {k: sorted(v) for k, v in kinds.items()}}))
-'''
+"""
 
 
 @pytest.mark.compat
@@ -249,16 +261,30 @@ def test_remote_code_loads_quantized_with_the_same_routing(saved, references, tm
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOADER, str(folder), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"),
-         str(torch.get_num_threads())],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            REMOTE_LOADER,
+            str(folder),
+            str(tmp_path / "batch.pt"),
+            str(tmp_path / "out.pt"),
+            str(torch.get_num_threads()),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules")
     assert report["kinds"] == {
-        "vision_tower": ["Linear"], "multi_modal_projector": ["Linear"], "moe": ["Linear"],
-        "language_model": ["Linear4bit"], "lm_head": ["Linear"],
+        "vision_tower": ["Linear"],
+        "multi_modal_projector": ["Linear"],
+        "moe": ["Linear"],
+        "language_model": ["Linear4bit"],
+        "lm_head": ["Linear"],
     }
     remote = torch.load(tmp_path / "out.pt")
     assert torch.equal(remote["router_logits"], references[torch.float32][0].router_logits)
@@ -272,8 +298,11 @@ def _flags(*argv: str) -> argparse.Namespace:
 
 def test_missing_bitsandbytes_names_the_extra(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "bitsandbytes" else real_find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "bitsandbytes" else real_find_spec(name, *args),
+    )
     with pytest.raises(QuantizationSetupError, match=r"transformers-parrot\[quant\]"):
         quantization_config_from_args(_flags("--load_in_4bit"))
     assert quantization_config_from_args(_flags()) is None  # no flag: no bitsandbytes needed
@@ -288,12 +317,15 @@ def test_flags_build_the_config_they_name():
     assert quantization_config_from_args(_flags("--load_in_8bit")).load_in_8bit
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("--load_in_4bit", "--load_in_8bit"), "exclude each other"),
-    (("--use_bnb_nested_quant",), "add --load_in_4bit"),
-    (("--bnb_4bit_quant_type", "fp4"), "add --load_in_4bit"),
-    (("--load_in_8bit", "--use_bnb_nested_quant"), "apply to --load_in_4bit only"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--load_in_4bit", "--load_in_8bit"), "exclude each other"),
+        (("--use_bnb_nested_quant",), "add --load_in_4bit"),
+        (("--bnb_4bit_quant_type", "fp4"), "add --load_in_4bit"),
+        (("--load_in_8bit", "--use_bnb_nested_quant"), "apply to --load_in_4bit only"),
+    ],
+)
 def test_flag_combinations_that_cannot_be_honoured(argv, message):
     with pytest.raises(QuantizationSetupError, match=message):
         quantization_config_from_args(_flags(*argv))

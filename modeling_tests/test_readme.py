@@ -114,8 +114,18 @@ STAND_INS = {
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*test:\s*(.*?)\s*-->\s*$")
 TRAILING_COMMENT = re.compile(r"\s+#\s.*$")  # dropped from a block's name: comments may be reworded freely
-LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash", "console": "bash",
-             "json": "json", "yaml": "yaml", "yml": "yaml", "toml": "toml"}
+LANGUAGES = {
+    "python": "python",
+    "py": "python",
+    "bash": "bash",
+    "sh": "bash",
+    "shell": "bash",
+    "console": "bash",
+    "json": "json",
+    "yaml": "yaml",
+    "yml": "yaml",
+    "toml": "toml",
+}
 NOT_CODE = {"text", "mermaid", "bibtex"}  # command output, figures, citations
 
 
@@ -137,7 +147,7 @@ def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
             continue
         if match and not match.group(2):
             if lang not in NOT_CODE:
-                code = "\n".join(b[len(fence):] if b.startswith(fence) else b.lstrip() for b in body)
+                code = "\n".join(b[len(fence) :] if b.startswith(fence) else b.lstrip() for b in body)
                 first = next((b.strip() for b in body if b.strip()), "")
                 first = first if first.startswith("#") else TRAILING_COMMENT.sub("", first)
                 name = f"{heading} :: {first}"
@@ -186,7 +196,7 @@ def commands(code: str) -> list[tuple[int, list[str]]]:
             cut = tokens.index("&&") if "&&" in tokens else len(tokens)
             if cut:
                 out.append((first, tokens[:cut]))
-            tokens = tokens[cut + 1:]
+            tokens = tokens[cut + 1 :]
     return out
 
 
@@ -224,7 +234,9 @@ def scratch(tmp_path_factory) -> Path:
         bundled_image().convert("RGB").save(root / path)
     for path in RESULTS_PATHS:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(json.dumps({"mmmb": {"en": {"overall": 50.0, "n": 4}, "zh": {"overall": 25.0, "n": 4}}}))
+        (root / path).write_text(
+            json.dumps({"mmmb": {"en": {"overall": 50.0, "n": 4}, "zh": {"overall": 25.0, "n": 4}}})
+        )
     for path in TSV_PATHS:
         write_mmmb_tsv(root / path)
     for name in REPO_LINKS:
@@ -279,8 +291,12 @@ def stop_after_parsing():
 
         return parse
 
-    patched = [(cls, name, cls.__dict__[name]) for cls in _subclasses(argparse.ArgumentParser)
-               for name in ("parse_args", "parse_args_into_dataclasses") if name in cls.__dict__]
+    patched = [
+        (cls, name, cls.__dict__[name])
+        for cls in _subclasses(argparse.ArgumentParser)
+        for name in ("parse_args", "parse_args_into_dataclasses")
+        if name in cls.__dict__
+    ]
     for cls, name, original in patched:
         setattr(cls, name, stopping(original))
     try:
@@ -372,21 +388,29 @@ def check_command(args: list[str]) -> str | None:
     if program in ("hf", "huggingface-cli"):
         bin_dir = Path(sys.executable).parent
         return None if (bin_dir / program).exists() or shutil.which(program) else f"`{program}` is not installed"
-    return (f"no check for the program `{program}`: add a branch to check_command in {Path(__file__).name}, "
-            "or classify the block SKIP(reason)")
+    return (
+        f"no check for the program `{program}`: add a branch to check_command in {Path(__file__).name}, "
+        "or classify the block SKIP(reason)"
+    )
 
 
 def run_shell(command: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ENV_STAND_INS, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        **ENV_STAND_INS,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+    }
     return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------------------------
-BLOCKS_OF_PAGES = [block for page in PAGES
-                   for block in readme_blocks(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)))]
+BLOCKS_OF_PAGES = [
+    block for page in PAGES for block in readme_blocks(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)))
+]
 
 
 def _where(block: Block, offset: int = -1) -> str:
@@ -394,13 +418,19 @@ def _where(block: Block, offset: int = -1) -> str:
 
 
 def test_every_block_has_a_way_to_be_tested():
-    unknown = [f"{_where(b)} ({b.language or 'no language'}, marker {b.marker!r}): {b.name!r}"
-               for b in BLOCKS_OF_PAGES if mode_of(b) is None]
+    unknown = [
+        f"{_where(b)} ({b.language or 'no language'}, marker {b.marker!r}): {b.name!r}"
+        for b in BLOCKS_OF_PAGES
+        if mode_of(b) is None
+    ]
     assert not unknown, (
         "Code blocks that can be neither run, checked, parsed nor skipped (see the docstring of "
-        f"modeling_tests/test_readme.py for the languages and `<!-- test: ... -->` markers):\n  " + "\n  ".join(unknown))
-    assert any(b.page == "README.md" and b.language == "bash" and "python -m pytest modeling_tests" in b.code
-               for b in BLOCKS_OF_PAGES), "the README must state the test command `python -m pytest modeling_tests`"
+        "modeling_tests/test_readme.py for the languages and `<!-- test: ... -->` markers):\n  " + "\n  ".join(unknown)
+    )
+    assert any(
+        b.page == "README.md" and b.language == "bash" and "python -m pytest modeling_tests" in b.code
+        for b in BLOCKS_OF_PAGES
+    ), "the README must state the test command `python -m pytest modeling_tests`"
 
 
 PYTHON_PAGES = sorted({b.page for b in BLOCKS_OF_PAGES if b.language == "python" and isinstance(mode_of(b), Run)})
@@ -424,8 +454,10 @@ def test_python_blocks_run(page, scratch, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in BLOCKS_OF_PAGES if b.language in ("json", "yaml", "toml") and isinstance(mode_of(b), Check)],
-    ids=_where)
+    "block",
+    [b for b in BLOCKS_OF_PAGES if b.language in ("json", "yaml", "toml") and isinstance(mode_of(b), Check)],
+    ids=_where,
+)
 def test_data_block_parses(block):
     import yaml
 
@@ -434,7 +466,8 @@ def test_data_block_parses(block):
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in BLOCKS_OF_PAGES if b.language == "bash" and isinstance(mode_of(b), (Run, Check))], ids=_where)
+    "block", [b for b in BLOCKS_OF_PAGES if b.language == "bash" and isinstance(mode_of(b), (Run, Check))], ids=_where
+)
 def test_bash_block(block, scratch):
     mode = mode_of(block)
     problems = []
@@ -455,26 +488,48 @@ def test_bash_block(block, scratch):
 
 def test_walker_names_and_checks():
     """The walker itself: names, continuation lines, placeholders, and that a wrong flag or extra is caught."""
-    text = "# A\n```bash\npip install -e \".[nope]\"\nparrot-eval --model m \\\n  --benchmark x --output o  # c\n```\n" \
-           "## B\n```python\nx = 1\n```\n```text\nignored\n```\n"
+    text = (
+        '# A\n```bash\npip install -e ".[nope]"\nparrot-eval --model m \\\n  --benchmark x --output o  # c\n```\n'
+        "## B\n```python\nx = 1\n```\n```text\nignored\n```\n"
+    )
     blocks = readme_blocks(text)
     assert [(b.name, b.language, b.line) for b in blocks] == [
-        ("A :: pip install -e \".[nope]\"", "bash", 3), ("B :: x = 1", "python", 9)]
+        ('A :: pip install -e ".[nope]"', "bash", 3),
+        ("B :: x = 1", "python", 9),
+    ]
     assert commands(blocks[0].code) == [
-        (0, ["pip", "install", "-e", ".[nope]"]), (1, ["parrot-eval", "--model", "m", "--benchmark", "x", "--output", "o"])]
+        (0, ["pip", "install", "-e", ".[nope]"]),
+        (1, ["parrot-eval", "--model", "m", "--benchmark", "x", "--output", "o"]),
+    ]
     assert commands("a 'b c' && d  # e") == [(0, ["a", "b c"]), (0, ["d"])]
-    assert substitute(["--datasets", "...", "--x", "a", "...", "$NODE_RANK"]) == ["--datasets", PLACEHOLDER_VALUE, "--x", "a", "0"]
+    assert substitute(["--datasets", "...", "--x", "a", "...", "$NODE_RANK"]) == [
+        "--datasets",
+        PLACEHOLDER_VALUE,
+        "--x",
+        "a",
+        "0",
+    ]
     assert "no extra ['nope']" in check_pip_install(["install", "-e", ".[nope]"])
     assert check_pip_install(["install", "-e", ".[train,eval]"]) is None
     if not PUBLISHED_ON_PYPI:
         assert "not on PyPI yet" in check_pip_install(["install", "transformers-parrot[train]"])
     assert check_command(["parrot-eval", "--model", "m", "--benchmark", "mmmb", "--output", "o"]) is None
     assert "unrecognized arguments: --no_such_flag" in check_command(
-        ["parrot-eval", "--model", "m", "--benchmark", "mmmb", "--output", "o", "--no_such_flag"])
+        ["parrot-eval", "--model", "m", "--benchmark", "mmmb", "--output", "o", "--no_such_flag"]
+    )
     assert "no check for the program `make`" in check_command(["make", "all"])
-    marked = readme_blocks("<!-- test: skip: needs a GPU -->\n```bash\nvllm serve m\n```\n"
-                           "<!-- test: check; run: parrot-eval --model my -->\n\n```sh\nparrot-eval\n```\n"
-                           "```yaml\na: 1\n```\n```jinja\n{{ x }}\n```\n```\nplain\n```\n"
-                           "<!-- test: run -->\n```python\nx = 1\n```\n<!-- test: check -->\n```python\nx = 1\n```\n")
-    assert [mode_of(b) for b in marked] == [Skip("needs a GPU"), Check(run=("parrot-eval --model my",)), CHECK, None,
-                                            None, RUN, None]
+    marked = readme_blocks(
+        "<!-- test: skip: needs a GPU -->\n```bash\nvllm serve m\n```\n"
+        "<!-- test: check; run: parrot-eval --model my -->\n\n```sh\nparrot-eval\n```\n"
+        "```yaml\na: 1\n```\n```jinja\n{{ x }}\n```\n```\nplain\n```\n"
+        "<!-- test: run -->\n```python\nx = 1\n```\n<!-- test: check -->\n```python\nx = 1\n```\n"
+    )
+    assert [mode_of(b) for b in marked] == [
+        Skip("needs a GPU"),
+        Check(run=("parrot-eval --model my",)),
+        CHECK,
+        None,
+        None,
+        RUN,
+        None,
+    ]

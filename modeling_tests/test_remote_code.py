@@ -19,7 +19,7 @@ import torch
 import transformers
 from fixtures import QUESTIONS, chat, make_image
 
-LOADER = r'''
+LOADER = r"""
 import importlib.abc, json, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -60,7 +60,7 @@ print(json.dumps({
     "reply_type": type(reply).__name__,
     "parrot_modules": sorted(m for m in sys.modules if m.startswith("transformers_parrot") and sys.modules[m]),
 }))
-'''
+"""
 
 
 def _pythons():
@@ -119,7 +119,11 @@ def test_remote_code_loads_without_the_package(python, saved_repo, published, tm
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
         [python, "-c", LOADER, str(saved_repo), str(out), QUESTIONS["ru"], str(torch.get_num_threads())],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

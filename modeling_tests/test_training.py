@@ -47,11 +47,37 @@ from transformers_parrot.training import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
-COMMON = ["--bf16", "False", "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no",
-          "--logging_steps", "1", f"--{CHECKPOINTING_ARG}", "False", "--per_device_train_batch_size", "2",
-          "--dataloader_num_workers", "0", "--seed", "0", "--disable_tqdm", "True"]
+TINY_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+)
+COMMON = [
+    "--bf16",
+    "False",
+    "--use_cpu",
+    "True",
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    f"--{CHECKPOINTING_ARG}",
+    "False",
+    "--per_device_train_batch_size",
+    "2",
+    "--dataloader_num_workers",
+    "0",
+    "--seed",
+    "0",
+    "--disable_tqdm",
+    "True",
+]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -71,8 +97,12 @@ def _write_parts(root: Path, spare_rows: int = 8) -> tuple[Path, Path]:
     CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(vision_dir)
     write_tokenizer(llm_dir, with_image_token=False)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    config = Qwen2Config(vocab_size=len(tokenizer) + spare_rows, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **TINY_TEXT)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer) + spare_rows,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        **TINY_TEXT,
+    )
     torch.manual_seed(2)
     Qwen2ForCausalLM(config).save_pretrained(llm_dir)
     return vision_dir, llm_dir
@@ -87,22 +117,52 @@ def workdir(tmp_path_factory) -> Path:
     vision_dir, llm_dir = _write_parts(root)
     # LLaVA JSON of the release: relative image paths, text-only entries without "image"
     visual = [
-        {"id": "v0", "image": names[0], "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour dominates?"}, {"from": "gpt", "value": "Red and blue."}]},
-        {"id": "v1", "image": names[1], "conversations": [
-            {"from": "human", "value": "Describe it.\n<image>"}, {"from": "gpt", "value": "Noise in green."}]},
+        {
+            "id": "v0",
+            "image": names[0],
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour dominates?"},
+                {"from": "gpt", "value": "Red and blue."},
+            ],
+        },
+        {
+            "id": "v1",
+            "image": names[1],
+            "conversations": [
+                {"from": "human", "value": "Describe it.\n<image>"},
+                {"from": "gpt", "value": "Noise in green."},
+            ],
+        },
     ]
     text = [
-        {"id": "t0", "conversations": [{"from": "human", "value": "Say hello in Turkish."},
-                                       {"from": "gpt", "value": "Merhaba."}]},
-        {"id": "t1", "conversations": [{"from": "human", "value": "Count to three."},
-                                       {"from": "gpt", "value": "One, two, three."}]},
+        {
+            "id": "t0",
+            "conversations": [
+                {"from": "human", "value": "Say hello in Turkish."},
+                {"from": "gpt", "value": "Merhaba."},
+            ],
+        },
+        {
+            "id": "t1",
+            "conversations": [
+                {"from": "human", "value": "Count to three."},
+                {"from": "gpt", "value": "One, two, three."},
+            ],
+        },
     ]
     (root / "visual.json").write_text(json.dumps(visual * 4))
     (root / "text.json").write_text(json.dumps(text * 4))
     (root / "mixed.json").write_text(json.dumps((visual + text) * 2))
-    prefs = [{"id": f"p{i}", "image": names[i % 2], "prompt": "<image>\nWhat is shown?",
-              "chosen": "A noisy picture.", "rejected": "A cat on a sofa."} for i in range(4)]
+    prefs = [
+        {
+            "id": f"p{i}",
+            "image": names[i % 2],
+            "prompt": "<image>\nWhat is shown?",
+            "chosen": "A noisy picture.",
+            "rejected": "A cat on a sofa.",
+        }
+        for i in range(4)
+    ]
     (root / "prefs.jsonl").write_text("\n".join(json.dumps(p) for p in prefs))
     # a stage-1 checkpoint assembled from the parts: the starting point of stage 2, MLAN and DPO
     model, processor = build_parrot_from_pretrained(vision_dir, llm_dir, num_experts=4, moe_intermediate_size=32)
@@ -191,45 +251,102 @@ def test_build_from_pretrained_parts(tmp_path):
 def test_stage1(workdir, tmp_path):
     """Stage 1 straight from the parts (--vision_model + --llm_model), as a user starts."""
     before = _state(build_parrot_from_pretrained(workdir / "clip", workdir / "qwen")[0])
-    argv = ["--stage", "1", "--vision_model", str(workdir / "clip"), "--llm_model", str(workdir / "qwen"),
-            "--datasets",
-            str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
-            str(tmp_path / "out"), "--max_steps", "6", *COMMON]
+    argv = [
+        "--stage",
+        "1",
+        "--vision_model",
+        str(workdir / "clip"),
+        "--llm_model",
+        str(workdir / "qwen"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "6",
+        *COMMON,
+    ]
     trainer = run_example("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     assert trainer.model.config.use_moe is False
     after = _state(trainer.model)
-    _assert_frozen_and_trained(before, after, ("model.vision_tower.", "model.moe.", "model.language_model.",
-                                               "lm_head."), ("model.multi_modal_projector.",))
+    _assert_frozen_and_trained(
+        before,
+        after,
+        ("model.vision_tower.", "model.moe.", "model.language_model.", "lm_head."),
+        ("model.multi_modal_projector.",),
+    )
     assert trainer.args.learning_rate == 1e-3 and trainer.args.lr_scheduler_type == "cosine"
 
 
 def test_stage1_from_scratch_trains_llm_and_vision(workdir, tmp_path):
     """`--train_llm --train_vision` (parrot-demo's stage 1, nothing pretrained): everything but the MoE trains."""
     before = _load_state(workdir)
-    argv = ["--stage", "1", "--train_llm", "True", "--train_vision", "True", "--model_name_or_path",
-            str(workdir / "parrot"), "--datasets", str(workdir / "visual.json"), "--image_folders",
-            str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "3", *COMMON]
+    argv = [
+        "--stage",
+        "1",
+        "--train_llm",
+        "True",
+        "--train_vision",
+        "True",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "3",
+        *COMMON,
+    ]
     trainer = run_example("train_sft", argv)
     assert trainer.model.config.use_moe is False
-    _assert_frozen_and_trained(before, _state(trainer.model), ("model.moe.",),
-                               ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.",
-                                "lm_head."))
+    _assert_frozen_and_trained(
+        before,
+        _state(trainer.model),
+        ("model.moe.",),
+        ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head."),
+    )
 
 
 def test_stage2_full_separate_lr_and_router(workdir, tmp_path):
     before = _load_state(workdir)
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
-            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--output_dir",
-            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "1e-3", "--multimodal_lr", "5e-3",
-            "--router_lr", "2e-2", *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "mixed.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "5",
+        "--learning_rate",
+        "1e-3",
+        "--multimodal_lr",
+        "5e-3",
+        "--router_lr",
+        "2e-2",
+        *COMMON,
+    ]
     trainer, probe = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
     after = _state(trainer.model)
-    _assert_frozen_and_trained(before, after, ("model.vision_tower.",),
-                               ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head."))
+    _assert_frozen_and_trained(
+        before,
+        after,
+        ("model.vision_tower.",),
+        ("model.multi_modal_projector.", "model.moe.", "model.language_model.", "lm_head."),
+    )
     lrs = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
     assert lrs == [1e-3, 5e-3, 2e-2]
     router = [group["params"] for group in trainer.optimizer.param_groups if group["initial_lr"] == 2e-2]
@@ -241,14 +358,35 @@ def test_stage2_frozen_llm_trains_vision_projector_and_moe(workdir, tmp_path):
     """`--train_llm False --train_vision True` in stage 2 (parrot-demo's stage 2): the LLM, embeddings and LM head
     stay exactly as loaded, so only the vision tower, projector and MoE can adapt the visual tokens."""
     before = _load_state(workdir)
-    argv = ["--stage", "2", "--train_llm", "False", "--train_vision", "True", "--model_name_or_path",
-            str(workdir / "parrot"), "--datasets", str(workdir / "visual.json"), "--image_folders",
-            str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "3",
-            "--learning_rate", "1e-3", *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--train_llm",
+        "False",
+        "--train_vision",
+        "True",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+        *COMMON,
+    ]
     trainer = run_example("train_sft", argv)
     assert trainer.model.config.use_moe is True
-    _assert_frozen_and_trained(before, _state(trainer.model), ("model.language_model.", "lm_head."),
-                               ("model.vision_tower.", "model.multi_modal_projector.", "model.moe."))
+    _assert_frozen_and_trained(
+        before,
+        _state(trainer.model),
+        ("model.language_model.", "lm_head."),
+        ("model.vision_tower.", "model.multi_modal_projector.", "model.moe."),
+    )
 
 
 @pytest.mark.parametrize("stage_args", [["--stage", "1"], ["--stage", "2", "--train_llm", "False"]])
@@ -258,28 +396,77 @@ def test_frozen_llm_refuses_text_only_samples(workdir, tmp_path, stage_args):
     n_text = sum(1 for s in json.loads((workdir / "mixed.json").read_text()) if not s.get("image"))
     n_all = len(json.loads((workdir / "mixed.json").read_text()))
     assert 0 < n_text < n_all
-    argv = [*stage_args, "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "mixed.json"),
-            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-            *COMMON]
-    with pytest.raises(ValueError, match=f"{n_text} of {n_all} training samples have no image, but the LLM is "
-                                         r"frozen .* --train_llm True"):
+    argv = [
+        *stage_args,
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "mixed.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
+    with pytest.raises(
+        ValueError,
+        match=f"{n_text} of {n_all} training samples have no image, but the LLM is "
+        r"frozen .* --train_llm True",
+    ):
         run_example("train_sft", argv)
 
 
 def test_frozen_llm_with_lora_is_refused(workdir, tmp_path):
-    argv = ["--stage", "2", "--train_llm", "False", "--use_peft", "--model_name_or_path", str(workdir / "parrot"),
-            "--datasets", str(workdir / "visual.json"), "--image_folders", str(workdir / "images"),
-            "--output_dir", str(tmp_path / "out"), "--max_steps", "1", *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--train_llm",
+        "False",
+        "--use_peft",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
     with pytest.raises(ValueError, match="--use_peft adapts the LLM with LoRA and --train_llm False freezes it"):
         run_example("train_sft", argv)
 
 
 def test_stage2_lora_merge(workdir, tmp_path, caplog):
     before = _load_state(workdir)
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
-            str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir",
-            str(tmp_path / "out"), "--max_steps", "5", "--learning_rate", "5e-3", "--use_peft", "--lora_r", "4",
-            "--lora_alpha", "8", "--lora_dropout", "0.0", *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "5",
+        "--learning_rate",
+        "5e-3",
+        "--use_peft",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_dropout",
+        "0.0",
+        *COMMON,
+    ]
     trainer, probe = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
@@ -287,9 +474,22 @@ def test_stage2_lora_merge(workdir, tmp_path, caplog):
     peft_model = trainer.model
     processor = ParrotProcessor.from_pretrained(workdir / "parrot")
     batch = processor.apply_chat_template(
-        [[{"role": "user", "content": [{"type": "image", "image": Image.open(workdir / "images/img0.png")},
-                                       {"type": "text", "text": "What colour?"}]}]],
-        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": Image.open(workdir / "images/img0.png")},
+                        {"type": "text", "text": "What colour?"},
+                    ],
+                }
+            ]
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     peft_model.eval()
     with torch.no_grad():
         unmerged = peft_model(**batch).logits
@@ -300,12 +500,17 @@ def test_stage2_lora_merge(workdir, tmp_path, caplog):
     torch.testing.assert_close(merged_logits, unmerged, atol=1e-5, rtol=1e-5)
     after = _state(merged)
     assert set(after) == set(before)  # no LoRA/PEFT leftovers in the merged checkpoint
-    _assert_frozen_and_trained(before, after, ("model.vision_tower.",),
-                               ("model.multi_modal_projector.", "model.moe.", "model.language_model.layers."))
+    _assert_frozen_and_trained(
+        before,
+        after,
+        ("model.vision_tower.",),
+        ("model.multi_modal_projector.", "model.moe.", "model.language_model.layers."),
+    )
     for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):  # not LoRA targets
         assert torch.equal(before[name], after[name])
-    assert not any(isinstance(m, torch.nn.Module) and "lora" in type(m).__name__.lower()
-                   for m in merge_lora(peft_model).modules())
+    assert not any(
+        isinstance(m, torch.nn.Module) and "lora" in type(m).__name__.lower() for m in merge_lora(peft_model).modules()
+    )
 
     # merging later from the saved adapter gives the run's own merged model: the config the recipe changed
     # (use_moe on; the stage-1 base has it off) is saved with the adapter, not taken from the base
@@ -341,10 +546,27 @@ def test_stage2_lora_merge(workdir, tmp_path, caplog):
 @pytest.mark.parametrize("visual_ratio", [0.0, 0.5])
 def test_mlan(workdir, tmp_path, visual_ratio):
     before = _load_state(workdir)
-    argv = ["--model_name_or_path", str(workdir / "parrot"), "--text_datasets", str(workdir / "text.json"),
-            "--visual_datasets", str(workdir / "visual.json"), "--visual_ratio", str(visual_ratio),
-            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"),
-            "--max_steps", "6", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4", *COMMON]
+    argv = [
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--text_datasets",
+        str(workdir / "text.json"),
+        "--visual_datasets",
+        str(workdir / "visual.json"),
+        "--visual_ratio",
+        str(visual_ratio),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "1e-3",
+        "--per_device_train_batch_size",
+        "4",
+        *COMMON,
+    ]
     trainer, probe = _run("train_mlan", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0]
@@ -378,9 +600,23 @@ def test_mixed_batch_collation(workdir):
 @pytest.mark.parametrize("use_peft", [False, True])
 def test_dpo(workdir, tmp_path, use_peft):
     before = _load_state(workdir)
-    argv = ["--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "prefs.jsonl"),
-            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "4",
-            "--learning_rate", "5e-3", "--beta", "0.5", *COMMON]
+    argv = [
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "prefs.jsonl"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "5e-3",
+        "--beta",
+        "0.5",
+        *COMMON,
+    ]
     if use_peft:
         argv += ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
     trainer, probe = _run("train_dpo", argv)
@@ -396,9 +632,21 @@ def test_dpo(workdir, tmp_path, use_peft):
 
 
 def test_resume_from_checkpoint(workdir, tmp_path):
-    base = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets",
-            str(workdir / "mixed.json"), "--image_folders", str(workdir / "images"), "--max_steps", "4",
-            "--learning_rate", "1e-3", *COMMON]
+    base = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "mixed.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        *COMMON,
+    ]
     base[base.index("--save_strategy") + 1] = "steps"
     full = run_example("train_sft", base + ["--output_dir", str(tmp_path / "full"), "--save_steps", "2"])
     assert (tmp_path / "full" / "checkpoint-2").is_dir()
@@ -408,9 +656,19 @@ def test_resume_from_checkpoint(workdir, tmp_path):
         def on_step_end(self, args, state, control, **kwargs):
             executed.append(state.global_step)
 
-    resumed = run_example("train_sft", base + ["--output_dir", str(tmp_path / "resumed"), "--save_steps", "2",
-                                               "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-2")],
-                          callbacks=[Steps()])
+    resumed = run_example(
+        "train_sft",
+        base
+        + [
+            "--output_dir",
+            str(tmp_path / "resumed"),
+            "--save_steps",
+            "2",
+            "--resume_from_checkpoint",
+            str(tmp_path / "full" / "checkpoint-2"),
+        ],
+        callbacks=[Steps()],
+    )
     assert executed == [3, 4]  # continued where it stopped
     full_losses = {e["step"]: e["loss"] for e in full.state.log_history if "loss" in e}
     resumed_losses = {e["step"]: e["loss"] for e in resumed.state.log_history if "loss" in e}
@@ -431,18 +689,34 @@ GOOD = {"id": "ok", "conversations": [{"from": "human", "value": "hi"}, {"from":
 TAGGED = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "hello"}]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"id": "missing", "image": "nope.png", "conversations": TAGGED}, "image file not found: .*nope.png"),
-    ({"id": "broken", "image": "broken.png", "conversations": TAGGED}, "unreadable image .*broken.png"),
-    ({"id": "role", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
-     "unknown \"from\" role 'robot'"),
-    ({"id": "empty", "conversations": []}, "empty conversation"),
-    ({"id": "count", "image": "ok.png", "conversations": [{"from": "human", "value": "<image>\n<image>\nx"},
-                                                           {"from": "gpt", "value": "y"}]}, "2 <image> tag"),
-    ({"id": "notag", "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}]},
-     "1 <image> tag.*0 image"),
-    ({"id": "untagged", "image": "ok.png", "conversations": GOOD["conversations"]}, "0 <image> tag.*1 image"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"id": "missing", "image": "nope.png", "conversations": TAGGED}, "image file not found: .*nope.png"),
+        ({"id": "broken", "image": "broken.png", "conversations": TAGGED}, "unreadable image .*broken.png"),
+        (
+            {"id": "role", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]},
+            "unknown \"from\" role 'robot'",
+        ),
+        ({"id": "empty", "conversations": []}, "empty conversation"),
+        (
+            {
+                "id": "count",
+                "image": "ok.png",
+                "conversations": [{"from": "human", "value": "<image>\n<image>\nx"}, {"from": "gpt", "value": "y"}],
+            },
+            "2 <image> tag",
+        ),
+        (
+            {
+                "id": "notag",
+                "conversations": [{"from": "human", "value": "<image>\nx"}, {"from": "gpt", "value": "y"}],
+            },
+            "1 <image> tag.*0 image",
+        ),
+        ({"id": "untagged", "image": "ok.png", "conversations": GOOD["conversations"]}, "0 <image> tag.*1 image"),
+    ],
+)
 def test_bad_data_raise_and_skip(tmp_path, bad, message):
     _write_image(tmp_path / "ok.png", 0)
     (tmp_path / "broken.png").write_bytes(b"not an image")
@@ -461,12 +735,27 @@ def test_skipped_samples_are_counted_on_stdout(workdir, tmp_path, capsys):
     """`--on_bad_sample skip` drops a bad sample (here an image without an `<image>` tag) and the script prints the
     counts without any logging set up."""
     visual = json.loads((workdir / "visual.json").read_text())[:2]
-    untagged = {"id": "untagged", "image": visual[0]["image"], "conversations": [
-        {"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "Noise."}]}
+    untagged = {
+        "id": "untagged",
+        "image": visual[0]["image"],
+        "conversations": [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "Noise."}],
+    }
     data = _llava(tmp_path, [*visual, untagged])
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(data),
-            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-            *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(data),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
     with pytest.raises(ParrotDataError, match=r"sample 'untagged' \(#2\): 0 <image> tag"):
         run_example("train_sft", argv)
     capsys.readouterr()
@@ -484,18 +773,25 @@ def test_paper_defaults_through_trl_parser(tmp_path):
         _, dpo_args, _ = dpo.parse_args_and_config(["--output_dir", str(tmp_path)])
     assert args.learning_rate is None  # filled with the stage's rate by prepare_stage (test_stage1: 1e-3)
     assert (args.lr_scheduler_type, args.warmup_steps, args.num_train_epochs, args.max_length) == (
-        "cosine", 0.03, 1.0, 2048)
+        "cosine",
+        0.03,
+        1.0,
+        2048,
+    )
     assert getattr(args, CHECKPOINTING_ARG) is True and args.assistant_only_loss and args.bf16 is False
     assert (dpo_args.learning_rate, dpo_args.max_length, getattr(dpo_args, CHECKPOINTING_ARG)) == (5e-7, 2048, True)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"learning_rate: 0.0003\nnum_train_epochs: 2\n{CHECKPOINTING_ARG}: false\n")
-    _, args, _ = sft.parse_args_and_config(["--config", str(recipe), "--output_dir", str(tmp_path),
-                                            "--num_train_epochs", "3"])
+    _, args, _ = sft.parse_args_and_config(
+        ["--config", str(recipe), "--output_dir", str(tmp_path), "--num_train_epochs", "3"]
+    )
     assert (args.learning_rate, args.num_train_epochs, getattr(args, CHECKPOINTING_ARG)) == (3e-4, 3.0, False)
     sft = load_example("train_sft").make_parser()  # a parser keeps the defaults of the --config file it read
     if CHECKPOINTING_ARG == "activation_checkpointing":  # the old name still works (with transformers' warning)
         with pytest.warns(FutureWarning, match="gradient_checkpointing"):
-            _, args, _ = sft.parse_args_and_config(["--output_dir", str(tmp_path), "--gradient_checkpointing", "False"])
+            _, args, _ = sft.parse_args_and_config(
+                ["--output_dir", str(tmp_path), "--gradient_checkpointing", "False"]
+            )
         assert args.activation_checkpointing is False
     with pytest.raises(ValueError, match="packing"):
         sft.parse_args_and_config(["--output_dir", str(tmp_path), "--packing", "True"])
@@ -535,18 +831,44 @@ def _free_port() -> str:
 
 def _torchrun(worker: str, argv: list[str]) -> None:
     """Run modeling_tests/<worker> in 2 CPU processes (gloo) and fail with its stderr if it fails."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-               str(REPO / "modeling_tests" / worker), *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+        str(REPO / "modeling_tests" / worker),
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
 def _run_two_processes(workdir, out: Path, extra: list[str]) -> tuple[dict, dict]:
-    _torchrun("ddp_sft_worker.py", [
-        "--stage", "2", "--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "mixed.json"),
-        "--image_folders", str(workdir / "images"), "--output_dir", str(out), "--max_steps", "3",
-        "--learning_rate", "1e-3", *COMMON, *extra])
+    _torchrun(
+        "ddp_sft_worker.py",
+        [
+            "--stage",
+            "2",
+            "--model_name_or_path",
+            str(workdir / "parrot"),
+            "--datasets",
+            str(workdir / "mixed.json"),
+            "--image_folders",
+            str(workdir / "images"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--learning_rate",
+            "1e-3",
+            *COMMON,
+            *extra,
+        ],
+    )
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["global_step"] == rank1["global_step"] == 3
@@ -556,8 +878,9 @@ def _run_two_processes(workdir, out: Path, extra: list[str]) -> tuple[dict, dict
 def test_two_process_ddp(workdir, tmp_path):
     """Strict DDP (no unused-parameter search, as with gradient checkpointing) on mixed visual/text-only data with
     one sample per rank, so some steps give one rank an image and the other none."""
-    rank0, rank1 = _run_two_processes(workdir, tmp_path / "ddp", ["--ddp_find_unused_parameters", "False",
-                                                                   "--per_device_train_batch_size", "1"])
+    rank0, rank1 = _run_two_processes(
+        workdir, tmp_path / "ddp", ["--ddp_find_unused_parameters", "False", "--per_device_train_batch_size", "1"]
+    )
     assert rank0["mixed_steps"] == rank1["mixed_steps"] > 0
     before = _load_state(workdir)
     changed = False
@@ -594,7 +917,9 @@ def test_fsdp2_wraps_no_split_modules_and_survives_mixed_modality_ranks(workdir,
     reference = model.state_dict()
     assert set(fsdp["state"]) == set(reference)
     for name, value in fsdp["state"].items():
-        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            value, reference[name], rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
     before = _load_state(workdir)
     changed = [n for n in reference if not torch.equal(reference[n], before[n])]
     assert any(n.startswith("model.moe.") for n in changed) and any("language_model" in n for n in changed)
@@ -657,8 +982,11 @@ def test_compact_lm_head_matches_trls_fused_head(workdir):
     assert use_compact_lm_head(compact)
 
     shift = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], -100)], 1)
-    for extra in ({"labels": batch["labels"]}, {"labels": batch["labels"], "num_items_in_batch": 7},
-                  {"shift_labels": shift}):
+    for extra in (
+        {"labels": batch["labels"]},
+        {"labels": batch["labels"], "num_items_in_batch": 7},
+        {"shift_labels": shift},
+    ):
         outputs = []
         for m in (reference, compact):
             m.zero_grad()
@@ -669,8 +997,9 @@ def test_compact_lm_head_matches_trls_fused_head(workdir):
         assert torch.equal(ref.label_mask, ours.label_mask) and ref.label_mask.sum() > 0
         torch.testing.assert_close(ours.loss, ref.loss, rtol=1e-5, atol=1e-6)
         for name in fields:
-            torch.testing.assert_close(getattr(ours, name).float(), getattr(ref, name).float(), rtol=1e-4,
-                                       atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                getattr(ours, name).float(), getattr(ref, name).float(), rtol=1e-4, atol=1e-5, msg=name
+            )
         assert ref_grads.keys() == our_grads.keys() and any("vision_tower" in n for n in ref_grads)
         for name in ref_grads:
             torch.testing.assert_close(our_grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -689,7 +1018,17 @@ def test_trainers_use_the_compact_lm_head_on_cpu(workdir, tmp_path, monkeypatch,
 
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", refuse)
     data = ["--datasets", str(workdir / ("mixed.json" if recipe == "train_sft" else "prefs.jsonl"))]
-    argv = ["--model_name_or_path", str(workdir / "parrot"), *data, "--image_folders", str(workdir / "images"),
-            "--output_dir", str(tmp_path / "out"), "--max_steps", "2", *COMMON]
+    argv = [
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        *data,
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        *COMMON,
+    ]
     trainer, _ = _run(recipe, (["--stage", "2"] if recipe == "train_sft" else []) + argv)
     assert all(math.isfinite(x) for x in _losses(trainer))

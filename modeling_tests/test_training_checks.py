@@ -26,11 +26,15 @@ REFUSED = [
     (CKPT + ["--load_in_4bit"], "--load_in_4bit: quantized weights cannot be trained; add --use_peft"),
     (CKPT + ["--load_in_8bit"], "--load_in_8bit: quantized weights cannot be trained; add --use_peft"),
     (CKPT + ["--use_peft", "--load_in_4bit", "--dtype", "auto"], "give --dtype bfloat16 or float32"),
-    (["--vision_model", "clip", "--llm_model", "qwen", "--use_peft", "--load_in_4bit"],
-     "--load_in_4bit needs a Parrot checkpoint"),
+    (
+        ["--vision_model", "clip", "--llm_model", "qwen", "--use_peft", "--load_in_4bit"],
+        "--load_in_4bit needs a Parrot checkpoint",
+    ),
     (CKPT + ["--use_bnb_nested_quant", "True"], "--use_bnb_nested_quant configure 4-bit loading: add --load_in_4bit"),
-    (CKPT + ["--use_peft", "--load_in_8bit", "--bnb_4bit_quant_type", "fp4"],
-     "--bnb_4bit_quant_type configure 4-bit loading"),
+    (
+        CKPT + ["--use_peft", "--load_in_8bit", "--bnb_4bit_quant_type", "fp4"],
+        "--bnb_4bit_quant_type configure 4-bit loading",
+    ),
     (CKPT + ["--lora_r", "8"], "--lora_r configure LoRA: add --use_peft"),
     (CKPT + ["--use_peft", "--lora_task_type", "SEQ_CLS"], "Parrot trains as a causal LM"),
     (CKPT + ["--use_peft", "--train_vision", "True"], "--train_vision with --use_peft"),
@@ -89,8 +93,19 @@ def test_every_model_config_field_is_honoured_or_refused(tmp_path):
 def test_mlan_honours_train_llm_and_refuses_text_only_samples(workdir, tmp_path):  # noqa: F811
     """train_mlan.py --train_llm False: the LLM stays frozen, so its text-only samples are refused before training
     (by the trainer, whichever program builds it)."""
-    argv = ["--model_name_or_path", str(workdir / "parrot"), "--text_datasets", str(workdir / "text.json"),
-            "--train_llm", "False", "--output_dir", str(tmp_path / "out"), "--max_steps", "1", *COMMON]
+    argv = [
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--text_datasets",
+        str(workdir / "text.json"),
+        "--train_llm",
+        "False",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
     with pytest.raises(ValueError, match="have no image, but the LLM is frozen"):
         run_example("train_mlan", argv)
 
@@ -98,8 +113,9 @@ def test_mlan_honours_train_llm_and_refuses_text_only_samples(workdir, tmp_path)
 def test_library_steps_do_not_change_their_arguments(workdir, tmp_path):  # noqa: F811
     from transformers_parrot.training import ParrotSFTTrainer, load_llava_json
 
-    script_args, training_args, model_args = _parse("train_sft", ["--model_name_or_path", str(workdir / "parrot")],
-                                                    tmp_path)
+    script_args, training_args, model_args = _parse(
+        "train_sft", ["--model_name_or_path", str(workdir / "parrot")], tmp_path
+    )
     before = [dataclasses.replace(a) for a in (script_args, training_args, model_args)]
     model = ParrotForConditionalGeneration.from_pretrained(workdir / "parrot")
     processor = ParrotProcessor.from_pretrained(workdir / "parrot")

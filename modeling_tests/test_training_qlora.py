@@ -27,9 +27,28 @@ from transformers_parrot.models.parrot._compat import CHECKPOINTING_ARG  # noqa:
 from transformers_parrot.tiny import tiny_model  # noqa: E402
 from transformers_parrot.training.recipes import keep_modules_to_save_dtype  # noqa: E402
 
-COMMON = ["--bf16", "False", "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no",
-          "--logging_steps", "1", f"--{CHECKPOINTING_ARG}", "False", "--per_device_train_batch_size", "2",
-          "--dataloader_num_workers", "0", "--seed", "0", "--disable_tqdm", "True"]
+COMMON = [
+    "--bf16",
+    "False",
+    "--use_cpu",
+    "True",
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    f"--{CHECKPOINTING_ARG}",
+    "False",
+    "--per_device_train_batch_size",
+    "2",
+    "--dataloader_num_workers",
+    "0",
+    "--seed",
+    "0",
+    "--disable_tqdm",
+    "True",
+]
 LORA = ["--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.0", "--dtype", "float32"]
 
 
@@ -41,14 +60,34 @@ def workdir(tmp_path_factory) -> Path:
     for i in range(2):
         Image.fromarray((rng.rand(30, 30, 3) * 255).astype("uint8")).save(root / "images" / f"img{i}.png")
     visual = [
-        {"id": "v0", "image": "img0.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour dominates?"}, {"from": "gpt", "value": "Red and blue."}]},
-        {"id": "v1", "image": "img1.png", "conversations": [
-            {"from": "human", "value": "<image>\nBu ne?"}, {"from": "gpt", "value": "Yeşil gürültü."}]},
+        {
+            "id": "v0",
+            "image": "img0.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour dominates?"},
+                {"from": "gpt", "value": "Red and blue."},
+            ],
+        },
+        {
+            "id": "v1",
+            "image": "img1.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nBu ne?"},
+                {"from": "gpt", "value": "Yeşil gürültü."},
+            ],
+        },
     ]
     (root / "visual.json").write_text(json.dumps(visual * 4))
-    prefs = [{"id": f"p{i}", "image": f"img{i % 2}.png", "prompt": "<image>\nWhat is shown?",
-              "chosen": "A noisy picture.", "rejected": "A cat on a sofa."} for i in range(4)]
+    prefs = [
+        {
+            "id": f"p{i}",
+            "image": f"img{i % 2}.png",
+            "prompt": "<image>\nWhat is shown?",
+            "chosen": "A noisy picture.",
+            "rejected": "A cat on a sofa.",
+        }
+        for i in range(4)
+    ]
     (root / "prefs.jsonl").write_text("\n".join(json.dumps(p) for p in prefs))
     model, processor = tiny_model(seed=0, quantizable=True)
     model.save_pretrained(root / "parrot")
@@ -67,17 +106,27 @@ def _losses(trainer) -> list[float]:
 
 def _batch(workdir):
     processor = ParrotProcessor.from_pretrained(workdir / "parrot")
-    conversation = [{"role": "user", "content": [{"type": "image", "image": Image.open(workdir / "images/img0.png")},
-                                                 {"type": "text", "text": "What colour dominates?"}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": "Red and blue."}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": Image.open(workdir / "images/img0.png")},
+                {"type": "text", "text": "What colour dominates?"},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Red and blue."}]},
+    ]
     return processor.apply_chat_template([conversation], tokenize=True, return_dict=True, return_tensors="pt")
 
 
 def _quantized_linears(model) -> dict[str, str]:
     import bitsandbytes as bnb
 
-    return {name: type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    return {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+    }
 
 
 @pytest.mark.parametrize("bits", ["4", "8"])
@@ -85,9 +134,25 @@ def test_qlora_sft_trains_and_merges_unquantized(workdir, tmp_path, bits):
     from peft import PeftModel
 
     out = tmp_path / "out"
-    argv = ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"),
-            "--datasets", str(workdir / "visual.json"), "--image_folders", str(workdir / "images"), "--output_dir", str(out), "--max_steps", "6",
-            "--learning_rate", "5e-3", *LORA, f"--load_in_{bits}bit", *COMMON]
+    argv = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "5e-3",
+        *LORA,
+        f"--load_in_{bits}bit",
+        *COMMON,
+    ]
     trainer = _run("train_sft", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0], losses
@@ -124,9 +189,27 @@ def test_qlora_sft_trains_and_merges_unquantized(workdir, tmp_path, bits):
 
 
 def test_qlora_dpo_uses_the_adapter_disabled_reference(workdir, tmp_path):
-    argv = ["--model_name_or_path", str(workdir / "parrot"), "--datasets", str(workdir / "prefs.jsonl"),
-            "--image_folders", str(workdir / "images"), "--output_dir", str(tmp_path / "out"), "--max_steps", "4",
-            "--learning_rate", "5e-3", "--beta", "0.5", *LORA, "--load_in_4bit", "--merge_lora", "False", *COMMON]
+    argv = [
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "prefs.jsonl"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "4",
+        "--learning_rate",
+        "5e-3",
+        "--beta",
+        "0.5",
+        *LORA,
+        "--load_in_4bit",
+        "--merge_lora",
+        "False",
+        *COMMON,
+    ]
     trainer = _run("train_dpo", argv)
     losses = _losses(trainer)
     assert losses[-1] < losses[0], losses
@@ -142,8 +225,9 @@ def test_modules_to_save_keep_their_dtype():
     from peft import LoraConfig, get_peft_model
 
     model, _ = tiny_model(seed=0, quantizable=True)
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"],
-                                                  modules_to_save=["multi_modal_projector", "moe"]))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["multi_modal_projector", "moe"])
+    )
     for parameter in peft_model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.to(torch.bfloat16)

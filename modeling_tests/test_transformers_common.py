@@ -18,10 +18,9 @@ from fetch_transformers_tests import use_suite_or_skip  # noqa: E402
 
 use_suite_or_skip()
 
-from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
 from hf_tests import test_modeling_common as common  # noqa: E402
+from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
 from hf_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor  # noqa: E402
-
 from transformers.models.auto.modeling_auto import (  # noqa: E402
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     MODEL_MAPPING_NAMES,
@@ -130,6 +129,8 @@ class ParrotCommonModelTest(ModelTesterMixin, unittest.TestCase):
     def test_model_rope_scaling_from_config_2_yarn(self):
         self._text_only_ids(super().test_model_rope_scaling_from_config_2_yarn)
 
-    @unittest.skip("GenerationTesterMixin is not shipped in the transformers sdist; test_generation.py covers generate")
+    @unittest.skip(
+        "GenerationTesterMixin is not shipped in the transformers sdist; test_generation.py covers generate"
+    )
     def test_generation_tester_mixin_inheritance(self):
         pass

@@ -35,16 +35,21 @@ def setup(tmp_path_factory):
     data_dir = root / "data"
     (data_dir / "mmmb" / "images").mkdir(parents=True)
     for lang in ("en", "zh"):
-        ev.write_tsv(data_dir / "mmmb" / f"mmmb_{ev.FILE_CODE[lang]}.tsv", ev.mmmb_rows(lang, data_dir / "mmmb" / "images"))
+        ev.write_tsv(
+            data_dir / "mmmb" / f"mmmb_{ev.FILE_CODE[lang]}.tsv", ev.mmmb_rows(lang, data_dir / "mmmb" / "images")
+        )
     ev.write_mmbench(data_dir)
-    datas = [eval_runner.prepare_benchmark("mmmb", "en,zh", data_dir),
-             eval_runner.prepare_benchmark("mmbench", "en,zh", data_dir)]
+    datas = [
+        eval_runner.prepare_benchmark("mmmb", "en,zh", data_dir),
+        eval_runner.prepare_benchmark("mmbench", "en,zh", data_dir),
+    ]
     mmbench = datas[1].samples
     assert datas[1].circular and len({s.image_b64 for s in mmbench}) < len(mmbench)  # variants reuse an image
     reference = root / "hf"
     evaluate(model, processor, benchmark=datas, output_dir=reference, batch_size=3, **SETTINGS)
-    predictor = VLLMPredictor(str(checkpoint), max_new_tokens=MAX_NEW_TOKENS, dtype="float32", max_model_len=512,
-                              **ENGINE_KWARGS)
+    predictor = VLLMPredictor(
+        str(checkpoint), max_new_tokens=MAX_NEW_TOKENS, dtype="float32", max_model_len=512, **ENGINE_KWARGS
+    )
     yield checkpoint, data_dir, datas, reference, predictor
     predictor.close()
 
@@ -84,7 +89,9 @@ def test_vllm_predictions_equal_hf_and_resume(setup, tmp_path):
     assert 5 <= len(saved) < len(expected) and not (tmp_path / "results.json").exists()
     resumed = Recording(predictor, names)
     results = evaluate(predictor=resumed, benchmark=datas, output_dir=tmp_path, **SETTINGS)
-    assert not set(resumed.rows) & {(p["benchmark"], p["language"], p["index"]) for p in saved}  # finished rows are not recomputed
+    assert not set(resumed.rows) & {
+        (p["benchmark"], p["language"], p["index"]) for p in saved
+    }  # finished rows are not recomputed
     assert len(resumed.rows) + len(saved) == len(expected)
     assert _predictions(tmp_path) == expected
     for name in ("results.json", "results.md", "skipped.json"):
@@ -102,15 +109,46 @@ def test_cli_backend_vllm(setup, tmp_path, monkeypatch, capsys):
         return predictor
 
     monkeypatch.setattr(eval_runner, "VLLMPredictor", reuse_engine)
-    rc = eval_cli.main(["--model", str(checkpoint), "--backend", "vllm", "--benchmark", "mmmb,mmbench",
-                        "--languages", "en,zh", "--data_dir", str(data_dir), "--output", str(tmp_path),
-                        "--max_new_tokens", str(MAX_NEW_TOKENS), "--dtype", "float32", "--max_model_len", "512",
-                        "--tensor_parallel_size", "1", "--gpu_memory_utilization", "0.5", "--model_name", "tiny",
-                        "--no_progress", "-q"])
+    rc = eval_cli.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--backend",
+            "vllm",
+            "--benchmark",
+            "mmmb,mmbench",
+            "--languages",
+            "en,zh",
+            "--data_dir",
+            str(data_dir),
+            "--output",
+            str(tmp_path),
+            "--max_new_tokens",
+            str(MAX_NEW_TOKENS),
+            "--dtype",
+            "float32",
+            "--max_model_len",
+            "512",
+            "--tensor_parallel_size",
+            "1",
+            "--gpu_memory_utilization",
+            "0.5",
+            "--model_name",
+            "tiny",
+            "--no_progress",
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
-    assert seen == {"model": str(checkpoint), "max_new_tokens": MAX_NEW_TOKENS, "dtype": "float32",
-                    "trust_remote_code": False, "max_model_len": 512, "tensor_parallel_size": 1,
-                    "gpu_memory_utilization": 0.5}
+    assert seen == {
+        "model": str(checkpoint),
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "dtype": "float32",
+        "trust_remote_code": False,
+        "max_model_len": 512,
+        "tensor_parallel_size": 1,
+        "gpu_memory_utilization": 0.5,
+    }
     by_key = lambda rows: {(p["benchmark"], p["language"], p["index"]): p["prediction"] for p in rows}  # noqa: E731
     assert by_key(_predictions(tmp_path)) == by_key(_predictions(reference))
     out = capsys.readouterr().out

@@ -22,8 +22,9 @@ def test_vllm_server_under_a_small_load():
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_load"] = bench
     spec.loader.exec_module(bench)
-    result = bench.run("vllm", n_requests=8, n_clients=4, rounds=2, bad_fraction=0.25, max_new_tokens=4,
-                       rss_growth_mib=64.0)
+    result = bench.run(
+        "vllm", n_requests=8, n_clients=4, rounds=2, bad_fraction=0.25, max_new_tokens=4, rss_growth_mib=64.0
+    )
     assert result["failures"] == [], result["failures"]
     for round_result in result["round_results"]:
         assert round_result["good_answered_correctly"] == round_result["good"]

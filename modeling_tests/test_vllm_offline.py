@@ -36,9 +36,17 @@ def served(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("parrot_vllm")
     model, processor = save_tiny_parrot(directory)
-    llm = LLM(model=str(directory), dtype="float32", enforce_eager=True, seed=0, max_model_len=MAX_MODEL_LEN,
-              max_num_batched_tokens=CHUNK_TOKENS, enable_chunked_prefill=True,
-              limit_mm_per_prompt={"image": MAX_IMAGES}, kv_cache_memory_bytes=256 << 20)
+    llm = LLM(
+        model=str(directory),
+        dtype="float32",
+        enforce_eager=True,
+        seed=0,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_batched_tokens=CHUNK_TOKENS,
+        enable_chunked_prefill=True,
+        limit_mm_per_prompt={"image": MAX_IMAGES},
+        kv_cache_memory_bytes=256 << 20,
+    )
     yield llm, model, processor
     llm.llm_engine.engine_core.shutdown()
 
@@ -79,8 +87,9 @@ def test_same_image_different_prompts_in_one_batch(served):
     llm, model, processor = served
     image = make_image(2)
     languages = ["pt", "tr", "ru", "pt", "en"]
-    outputs = llm.generate([_request(processor, QUESTIONS[lang], [image]) for lang in languages], _params(),
-                           use_tqdm=False)
+    outputs = llm.generate(
+        [_request(processor, QUESTIONS[lang], [image]) for lang in languages], _params(), use_tqdm=False
+    )
     for lang, output in zip(languages, outputs):
         reference = hf_greedy(model, processor, chat_prompt(processor, QUESTIONS[lang]), [image])
         assert_same_greedy(output, reference, lang)
@@ -106,8 +115,9 @@ def test_client_uuid_reused_across_prompts(served):
     llm, model, processor = served
     image = make_image(5)
     for lang in ("tr", "zh", "tr"):
-        (output,) = llm.generate([_request(processor, QUESTIONS[lang], [image], uuids=["client-image-5"])],
-                                 _params(), use_tqdm=False)
+        (output,) = llm.generate(
+            [_request(processor, QUESTIONS[lang], [image], uuids=["client-image-5"])], _params(), use_tqdm=False
+        )
         reference = hf_greedy(model, processor, chat_prompt(processor, QUESTIONS[lang]), [image])
         assert_same_greedy(output, reference, f"uuid, {lang}")
 
@@ -119,8 +129,15 @@ def test_chat_with_base64_image(served):
     image.save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     for lang in ("ar", "pt"):
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                 {"type": "text", "text": QUESTIONS[lang]}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": QUESTIONS[lang]},
+                ],
+            }
+        ]
         (output,) = llm.chat(messages, _params(), use_tqdm=False)
         reference = hf_greedy(model, processor, chat_prompt(processor, QUESTIONS[lang]), [image])
         assert_same_greedy(output, reference, f"chat, {lang}")
@@ -149,8 +166,9 @@ def test_image_keyed_without_its_prompt_reuses_stale_routing(served, monkeypatch
     with pytest.raises(AssertionError):
         assert_same_greedy(stale, reference, "image-only key")
     # what it served is the second prompt answered with the first prompt's routing
-    stale_reference = hf_greedy(model, processor, prompt, [image],
-                                routing_prompt=chat_prompt(processor, QUESTIONS[first]))
+    stale_reference = hf_greedy(
+        model, processor, prompt, [image], routing_prompt=chat_prompt(processor, QUESTIONS[first])
+    )
     assert_same_greedy(stale, stale_reference, "image-only key, first prompt's routing")
     assert max(abs(a - b) for a, b in zip(reference[2], stale_reference[2])) > 10 * LOGPROB_TOLERANCE
 
@@ -168,8 +186,15 @@ def test_bad_inputs_get_clear_errors_and_the_engine_keeps_serving(served):
         llm.generate([_request(processor, QUESTIONS["en"], too_many)], _params(), use_tqdm=False)
     with pytest.raises(VLLMValidationError, match=f"maximum context length is {MAX_MODEL_LEN} tokens"):
         llm.generate([_request(processor, QUESTIONS["en"] * 200, [image])], _params(), use_tqdm=False)
-    broken = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                                           {"type": "text", "text": QUESTIONS["en"]}]}]
+    broken = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": QUESTIONS["en"]},
+            ],
+        }
+    ]
     with pytest.raises(Exception, match="(?i)image"):
         llm.chat(broken, _params(), use_tqdm=False)
     (output,) = llm.generate([_request(processor, QUESTIONS["en"], [image])], _params(), use_tqdm=False)

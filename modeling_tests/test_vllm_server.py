@@ -41,10 +41,28 @@ def server(tmp_path_factory):
     model, processor = save_tiny_parrot(directory, moe_top_k=2)
     port = _free_port()
     log = open(directory / "server.log", "w")
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-               "--seed", "0", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-memory-bytes", str(256 << 20),
-               "--limit-mm-per-prompt", f'{{"image": {MAX_IMAGES}}}']
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(directory),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--seed",
+        "0",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--kv-cache-memory-bytes",
+        str(256 << 20),
+        "--limit-mm-per-prompt",
+        f'{{"image": {MAX_IMAGES}}}',
+    ]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -82,9 +100,14 @@ def _messages(question: str, urls: list[str]) -> list[dict]:
 
 def _chat(server, question, urls, **kwargs):
     client, _, _, name = server
-    return client.chat.completions.create(model=name, messages=_messages(question, urls), temperature=0.0,
-                                          max_tokens=MAX_NEW_TOKENS, extra_body={"return_token_ids": True},
-                                          **kwargs)
+    return client.chat.completions.create(
+        model=name,
+        messages=_messages(question, urls),
+        temperature=0.0,
+        max_tokens=MAX_NEW_TOKENS,
+        extra_body={"return_token_ids": True},
+        **kwargs,
+    )
 
 
 def _assert_matches_hf(server, response, question, images) -> None:
@@ -111,8 +134,9 @@ def test_concurrent_requests_same_image_different_prompts(server):
     image = make_image(14)
     languages = ["en", "tr", "pt", "ar", "en", "zh"]
     with ThreadPoolExecutor(len(languages)) as pool:
-        responses = list(pool.map(lambda lang: _chat(server, QUESTIONS[lang], [_data_url(image)], logprobs=True),
-                                  languages))
+        responses = list(
+            pool.map(lambda lang: _chat(server, QUESTIONS[lang], [_data_url(image)], logprobs=True), languages)
+        )
     for lang, response in zip(languages, responses):
         _assert_matches_hf(server, response, QUESTIONS[lang], [image])
 

@@ -26,18 +26,21 @@ def _signature(source: str) -> surface.Signature:
     return surface.Signature.of(ast.parse(source).body[0])
 
 
-@pytest.mark.parametrize(("base", "ours", "problem"), [
-    ("def f(self, a, b): ...", "def f(self, a, b): ...", None),
-    ("def f(self, a, *, b): ...", "def f(self, a, b=None): ...", None),
-    ("def f(self, **kwargs): ...", "def f(self, **kwargs): ...", None),
-    ("def f(self, a): ...", "def f(self, a, extra=1): ...", None),
-    ("def f(self, a, b): ...", "def f(self, a, c): ...", "positional parameter 2 is 'b' in vLLM, 'c' here"),
-    ("def f(self, a, b): ...", "def f(self, a): ...", "vLLM passes 'b'"),
-    ("def f(self, a): ...", "def f(self, a, b): ...", "requires 'b'"),
-    ("def f(self, *, a): ...", "def f(self): ...", "vLLM passes keyword 'a'"),
-    ("def f(self, a): ...", "def f(self, a, *, b): ...", "requires keyword 'b'"),
-    ("def f(self, **kwargs): ...", "def f(self, a=1): ...", "takes **kwargs"),
-])
+@pytest.mark.parametrize(
+    ("base", "ours", "problem"),
+    [
+        ("def f(self, a, b): ...", "def f(self, a, b): ...", None),
+        ("def f(self, a, *, b): ...", "def f(self, a, b=None): ...", None),
+        ("def f(self, **kwargs): ...", "def f(self, **kwargs): ...", None),
+        ("def f(self, a): ...", "def f(self, a, extra=1): ...", None),
+        ("def f(self, a, b): ...", "def f(self, a, c): ...", "positional parameter 2 is 'b' in vLLM, 'c' here"),
+        ("def f(self, a, b): ...", "def f(self, a): ...", "vLLM passes 'b'"),
+        ("def f(self, a): ...", "def f(self, a, b): ...", "requires 'b'"),
+        ("def f(self, *, a): ...", "def f(self): ...", "vLLM passes keyword 'a'"),
+        ("def f(self, a): ...", "def f(self, a, *, b): ...", "requires keyword 'b'"),
+        ("def f(self, **kwargs): ...", "def f(self, a=1): ...", "takes **kwargs"),
+    ],
+)
 def test_override_rules(base, ours, problem):
     problems = surface.override_problems(_signature(base), _signature(ours))
     if problem is None:
@@ -47,15 +50,19 @@ def test_override_rules(base, ours, problem):
 
 
 def test_keyword_only_constructor_fits_a_positional_protocol_only_when_vllm_passes_keywords():
-    base, ours = _signature("def f(self, vllm_config, prefix=''): ..."), _signature(
-        "def f(self, *, vllm_config, prefix=''): ...")
+    base, ours = (
+        _signature("def f(self, vllm_config, prefix=''): ..."),
+        _signature("def f(self, *, vllm_config, prefix=''): ..."),
+    )
     assert surface.override_problems(base, ours, by_keyword=True) == []
     assert surface.override_problems(base, ours)
 
 
 def test_bad_source_is_a_one_line_error(tmp_path):
     for source in (tmp_path / "missing.whl", tmp_path):
-        result = subprocess.run([sys.executable, str(SCRIPT), str(source)], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), str(source)], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1].startswith("check_vllm_surface: error: source:")
 
@@ -72,9 +79,11 @@ def test_plugin_fits_the_installed_vllm():
     result = subprocess.run([sys.executable, str(SCRIPT), str(site)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed" in result.stdout
-    for expected in ("import vllm.multimodal.processing.BaseMultiModalProcessor (processing.py)",
-                     "ParrotMultiModalProcessor.apply(self, inputs, timing_ctx) overrides",
-                     "wrapped vllm.renderers.base.BaseRenderer._process_tokens_async"):
+    for expected in (
+        "import vllm.multimodal.processing.BaseMultiModalProcessor (processing.py)",
+        "ParrotMultiModalProcessor.apply(self, inputs, timing_ctx) overrides",
+        "wrapped vllm.renderers.base.BaseRenderer._process_tokens_async",
+    ):
         assert expected in result.stdout
 
 
@@ -85,8 +94,11 @@ def test_changed_vllm_is_reported(tmp_path):
         "vllm/renderers/base.py": ("async def _process_tokens_async(", "async def _process_tokens_later("),
         "vllm/multimodal/processing/processor.py": (
             "    def apply(\n        self,\n        inputs: ProcessorInputs,\n        timing_ctx: TimingContext,\n",
-            ("    def apply(\n        self,\n        inputs: ProcessorInputs,\n        timing_ctx: TimingContext,\n"
-             "        extra: int,\n")),
+            (
+                "    def apply(\n        self,\n        inputs: ProcessorInputs,\n        timing_ctx: TimingContext,\n"
+                "        extra: int,\n"
+            ),
+        ),
         "vllm/model_executor/models/utils.py": ("def maybe_prefix(", "def maybe_prefixed("),
     }
     wheel = tmp_path / "vllm-0.0.0-py3-none-any.whl"

@@ -27,8 +27,15 @@ def served(tmp_path_factory):
     saved = {key: os.environ.get(key) for key in TP_ENV}
     os.environ.update(TP_ENV)
     try:
-        llm = LLM(model=str(directory), tensor_parallel_size=2, dtype="float32", enforce_eager=True, seed=0,
-                  max_model_len=256, kv_cache_memory_bytes=128 << 20)
+        llm = LLM(
+            model=str(directory),
+            tensor_parallel_size=2,
+            dtype="float32",
+            enforce_eager=True,
+            seed=0,
+            max_model_len=256,
+            kv_cache_memory_bytes=128 << 20,
+        )
         yield llm, model, processor
         llm.llm_engine.engine_core.shutdown()
     finally:

@@ -22,9 +22,9 @@ import json
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,19 +74,38 @@ def demo_seeds_table() -> str:
     ablation = {Path(run["folder"]).name: run for run in result("demo_routing_ablation.json")["runs"]}
     rows = []
     for run in seeds["runs"]:
-        rows.append([run["seed"], *(pct(run["accuracy"][lang]) for lang in LANGUAGES), weakest_kinds(run),
-                     f"{run['routing_summary']['mean_pairwise_tv_between_languages']:.3f}",
-                     routing_need(ablation[f"seed{run['seed']}"]), f"{run['wall_s']:.0f}"])
-    return table(["seed", *LANGUAGES, "kinds below 100 %", "routing TV between languages",
-                  "largest loss under a fixed routing (points)", "time (s)"], "lrrrrrrlrlr", rows)
+        rows.append(
+            [
+                run["seed"],
+                *(pct(run["accuracy"][lang]) for lang in LANGUAGES),
+                weakest_kinds(run),
+                f"{run['routing_summary']['mean_pairwise_tv_between_languages']:.3f}",
+                routing_need(ablation[f"seed{run['seed']}"]),
+                f"{run['wall_s']:.0f}",
+            ]
+        )
+    return table(
+        [
+            "seed",
+            *LANGUAGES,
+            "kinds below 100 %",
+            "routing TV between languages",
+            "largest loss under a fixed routing (points)",
+            "time (s)",
+        ],
+        "lrrrrrrlrlr",
+        rows,
+    )
 
 
 def demo_seeds_environment() -> str:
     seeds = result("demo_seeds.json")
     machine = seeds["machine"]
-    return (f"`{seeds['command'].split(' --note')[0]}`; each run is `{seeds['demo_command']}`, one at a time on "
-            f"{machine['cpu_count']} CPU cores with nothing else running; Python {machine['python']}, torch "
-            f"{machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}.\n")
+    return (
+        f"`{seeds['command'].split(' --note')[0]}`; each run is `{seeds['demo_command']}`, one at a time on "
+        f"{machine['cpu_count']} CPU cores with nothing else running; Python {machine['python']}, torch "
+        f"{machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}.\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ performance
@@ -95,16 +114,35 @@ def small_cpu_table() -> str:
     raw = result("small_cpu.json")["raw"]
     mib = 2**20
     rows = []
-    for key, label in (("prefill_b1", "prefill, batch 1 (s)"), ("prefill_b8", "prefill, batch 8 (s)"),
-                       ("train_step", "SFT step, batch 2, forward + backward + AdamW (s)")):
+    for key, label in (
+        ("prefill_b1", "prefill, batch 1 (s)"),
+        ("prefill_b8", "prefill, batch 8 (s)"),
+        ("train_step", "SFT step, batch 2, forward + backward + AdamW (s)"),
+    ):
         r = raw[key]
-        rows.append([label, f"{r['llava_median_s']:.3f}", f"{r['parrot_median_s']:.3f}", f"{r['ratio']:.3f}",
-                     f"{r['ratio_of_min']:.3f}"])
+        rows.append(
+            [
+                label,
+                f"{r['llava_median_s']:.3f}",
+                f"{r['parrot_median_s']:.3f}",
+                f"{r['ratio']:.3f}",
+                f"{r['ratio_of_min']:.3f}",
+            ]
+        )
     d = raw["decode"]
-    rows.append(["decode, batch 1 (tokens/s)", f"{d['llava_tokens_per_s']:.1f}", f"{d['parrot_tokens_per_s']:.1f}",
-                 f"{d['parrot_tokens_per_s'] / d['llava_tokens_per_s']:.3f}", ""])
-    for key, label in (("prefill_b8", "peak memory, prefill batch 8 (MiB)"),
-                       ("train", "peak memory, SFT step batch 2 (MiB)")):
+    rows.append(
+        [
+            "decode, batch 1 (tokens/s)",
+            f"{d['llava_tokens_per_s']:.1f}",
+            f"{d['parrot_tokens_per_s']:.1f}",
+            f"{d['parrot_tokens_per_s'] / d['llava_tokens_per_s']:.3f}",
+            "",
+        ]
+    )
+    for key, label in (
+        ("prefill_b8", "peak memory, prefill batch 8 (MiB)"),
+        ("train", "peak memory, SFT step batch 2 (MiB)"),
+    ):
         m = raw["peak_memory"][key]
         rows.append([label, f"{m['llava'] / mib:.0f}", f"{m['parrot'] / mib:.0f}", f"{m['ratio']:.3f}", ""])
     return table(["measure", "LLaVA", "Parrot", "Parrot / LLaVA (medians)", "ratio of minima"], "lrrrr", rows)
@@ -115,8 +153,11 @@ def small_cpu_moe_table() -> str:
     moe, flops = data["moe"], data["flops"]
     shape = moe["moe_shape"]
     rows = [
-        [f"MoE alone ({shape['images']} images × {shape['tokens_per_image']} tokens, hidden {shape['hidden']}, "
-         f"intermediate {shape['intermediate']}, {shape['experts']} experts), GFLOP/s", f"{moe['moe_gflops_per_s']:.1f}"],
+        [
+            f"MoE alone ({shape['images']} images × {shape['tokens_per_image']} tokens, hidden {shape['hidden']}, "
+            f"intermediate {shape['intermediate']}, {shape['experts']} experts), GFLOP/s",
+            f"{moe['moe_gflops_per_s']:.1f}",
+        ],
         ["plain matmuls of the same sizes, GFLOP/s", f"{moe['plain_matmul_gflops_per_s']:.1f}"],
         ["MoE efficiency (MoE / plain matmuls)", f"{moe['moe_matmul_efficiency']:.3f}"],
         ["time with `moe_top_k=1` / dense time", f"{moe['moe_top1_time_ratio']:.3f}"],
@@ -139,22 +180,29 @@ TARGETS = {  # bench_vs_llava.py's target names -> what they compare
 
 def small_cpu_targets_table() -> str:
     targets = result("small_cpu.json")["targets"]
-    rows = [[TARGETS.get(name, name), f"{t['value']:.3f}", f"{t['op']} {t['limit']:.3f}", "yes" if t["met"] else "**no**"]
-            for name, t in targets.items()]
+    rows = [
+        [TARGETS.get(name, name), f"{t['value']:.3f}", f"{t['op']} {t['limit']:.3f}", "yes" if t["met"] else "**no**"]
+        for name, t in targets.items()
+    ]
     return table(["target", "measured", "limit", "met"], "lrrl", rows)
 
 
 def environment(command: str, env: dict, extra: str = "") -> str:
-    versions = ", ".join(f"{name} {env[name]}" for name in ("python", "torch", "transformers", "trl", "vllm")
-                         if name in env)
+    versions = ", ".join(
+        f"{name} {env[name]}" for name in ("python", "torch", "transformers", "trl", "vllm") if name in env
+    )
     return f"Command: `{command}`. Environment: {extra}{versions}.\n"
 
 
 def small_cpu_environment() -> str:
     data = result("small_cpu.json")
     env = data["environment"]
-    return environment(data["command"], env, f"{env['device']} ({env['device_name']}, {env['threads']} threads), "
-                                             f"{data['dtype']}, {data['repeats']} alternated rounds, ")
+    return environment(
+        data["command"],
+        env,
+        f"{env['device']} ({env['device_name']}, {env['threads']} threads), "
+        f"{data['dtype']}, {data['repeats']} alternated rounds, ",
+    )
 
 
 def serving_cpu_table() -> str:
@@ -162,37 +210,65 @@ def serving_cpu_table() -> str:
     data = result("serving_cpu.json")
     base = data["transformers_best"]["output_tokens_per_s"]
     engines = [(f"transformers generate, batch {r['batch_size']}", r) for r in data["transformers"]]
-    engines += [("vLLM offline `LLM.generate`", data["vllm_offline"]),
-                (f"vLLM OpenAI server, {data['vllm_server']['concurrency']} concurrent", data["vllm_server"])]
-    rows = [[name, f"{r['seconds']:.1f}", f"{r['requests_per_s']:.2f}", f"{r['output_tokens_per_s']:.1f}",
-             f"{r['ttft_mean_s']:.2f}", f"{r['ttft_p90_s']:.2f}", f"{r['output_tokens_per_s'] / base:.2f}×"]
-            for name, r in engines]
-    return table(["engine", "s", "requests/s", "output tok/s", "TTFT mean (s)", "TTFT p90 (s)",
-                  "tok/s vs the best transformers batch"], "lrrrrrr", rows)
+    engines += [
+        ("vLLM offline `LLM.generate`", data["vllm_offline"]),
+        (f"vLLM OpenAI server, {data['vllm_server']['concurrency']} concurrent", data["vllm_server"]),
+    ]
+    rows = [
+        [
+            name,
+            f"{r['seconds']:.1f}",
+            f"{r['requests_per_s']:.2f}",
+            f"{r['output_tokens_per_s']:.1f}",
+            f"{r['ttft_mean_s']:.2f}",
+            f"{r['ttft_p90_s']:.2f}",
+            f"{r['output_tokens_per_s'] / base:.2f}×",
+        ]
+        for name, r in engines
+    ]
+    return table(
+        [
+            "engine",
+            "s",
+            "requests/s",
+            "output tok/s",
+            "TTFT mean (s)",
+            "TTFT p90 (s)",
+            "tok/s vs the best transformers batch",
+        ],
+        "lrrrrrr",
+        rows,
+    )
 
 
 def serving_cpu_environment() -> str:
     data = result("serving_cpu.json")
     env = data["environment"]
-    return environment(data["command"], env, f"{env['device']} ({env['cpu']}, {env['cores']} cores, "
-                                             f"{env['torch_threads']} torch threads), float32, ")
+    return environment(
+        data["command"],
+        env,
+        f"{env['device']} ({env['cpu']}, {env['cores']} cores, {env['torch_threads']} torch threads), float32, ",
+    )
 
 
 def cpu_lm_head_table() -> str:
     """Our CPU LM head vs TRL's fused head (bench_cpu_lm_head.py)."""
     data = result("cpu_lm_head.json")
     step = data["median_step_ms"]
-    rows = [["TRL's fused head (every position)", f"{step['trl_fused_head']:.1f}"],
-            ["Parrot's trainers (labelled positions only)", f"{step['compact_head']:.1f}"],
-            ["ratio", f"{data['step_time_ratio_trl_over_ours']:.2f}×"]]
+    rows = [
+        ["TRL's fused head (every position)", f"{step['trl_fused_head']:.1f}"],
+        ["Parrot's trainers (labelled positions only)", f"{step['compact_head']:.1f}"],
+        ["ratio", f"{data['step_time_ratio_trl_over_ours']:.2f}×"],
+    ]
     return table(["one stage-2 step of parrot-demo's model", "median ms"], "lr", rows)
 
 
 def cpu_lm_head_environment() -> str:
     data = result("cpu_lm_head.json")
     env = {"transformers": data["versions"]["transformers"], "trl": data["versions"]["trl"]}
-    return environment(data["command"], env, f"{data['machine']}, batch {data['batch_size']} "
-                                             f"({data['tokens_per_batch']} tokens), ")
+    return environment(
+        data["command"], env, f"{data['machine']}, batch {data['batch_size']} ({data['tokens_per_batch']} tokens), "
+    )
 
 
 # ------------------------------------------------------------------------------------------------ CLI reference
@@ -250,8 +326,9 @@ def cli_reference(prog: str) -> str:
         if id(action) in exclusive:
             others = [o.option_strings[0] for o in exclusive[id(action)]._group_actions if o is not action]
             help_text += f" (not with {', '.join(f'`{o}`' for o in others)})"
-        rows.append([flags, f"`{value}`" if value else "", _default(action),
-                     help_text.replace("|", "\\|").replace("\n", " ")])
+        rows.append(
+            [flags, f"`{value}`" if value else "", _default(action), help_text.replace("|", "\\|").replace("\n", " ")]
+        )
     lines.append(table(["flag", "value", "default", "what it does"], "llll", rows))
     if parser.epilog:
         epilog = " ".join(parser.epilog.split())
@@ -270,8 +347,10 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "serving_cpu_environment": serving_cpu_environment,
     "cpu_lm_head_table": cpu_lm_head_table,
     "cpu_lm_head_environment": cpu_lm_head_environment,
-    **{f"cli-{prog}": (lambda prog=prog: cli_reference(prog))
-       for prog in ("parrot-demo", "parrot-eval", "parrot-convert", "parrot-chat")},
+    **{
+        f"cli-{prog}": (lambda prog=prog: cli_reference(prog))
+        for prog in ("parrot-demo", "parrot-eval", "parrot-convert", "parrot-chat")
+    },
 }
 
 
@@ -287,10 +366,16 @@ VALUES: dict[str, Callable[[], str]] = {
     "demo_time_range": lambda: "–".join(f"{f(r['wall_s'] for r in _seed_runs()):.0f}" for f in (min, max)),
     "demo_seeds_passing": lambda: str(sum(r["ok"] for r in _seed_runs())),
     "cpu_lm_head_ratio": lambda: f"{result('cpu_lm_head.json')['step_time_ratio_trl_over_ours']:.2f}",
-    "vllm_offline_ratio": lambda: f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_offline']['output_tokens_per_s']:.2f}",
-    "vllm_server_ratio": lambda: f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_server']['output_tokens_per_s']:.2f}",
+    "vllm_offline_ratio": lambda: (
+        f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_offline']['output_tokens_per_s']:.2f}"
+    ),
+    "vllm_server_ratio": lambda: (
+        f"{result('serving_cpu.json')['ratios_vs_transformers']['vllm_server']['output_tokens_per_s']:.2f}"
+    ),
     "small_cpu_moe_share_b1": lambda: f"{result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']:.3f}",
-    "small_cpu_flop_ratio_b1": lambda: f"{1 / (1 - result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']):.3f}",
+    "small_cpu_flop_ratio_b1": lambda: (
+        f"{1 / (1 - result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']):.3f}"
+    ),
     "small_cpu_bitwise": lambda: str(result("small_cpu.json")["correctness"]["bitwise_equal_use_moe_false"]).lower(),
 }
 

@@ -56,8 +56,9 @@ def build(model: str | None = None) -> ChatApp:
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     backend = LocalBackend.from_pretrained(model_folder(model, cache), dtype=dtype, device="auto")
     backend.name = model
-    return ChatApp(backend, notice=f"Checkpoint: [{model}](https://huggingface.co/{model})"
-                   if not os.path.isdir(model) else None)
+    return ChatApp(
+        backend, notice=f"Checkpoint: [{model}](https://huggingface.co/{model})" if not os.path.isdir(model) else None
+    )
 
 
 if __name__ == "__main__":

@@ -39,18 +39,42 @@ _ALIASES = {
 
 # {language: {kind: question}}: the demo's questions about its drawings, in every language.
 QUESTIONS: dict[str, dict[str, str]] = {
-    "en": {"colour": "What colour are the shapes in the image?", "shape": "What shape is shown in the image?",
-           "count": "How many shapes are in the image?", "position": "Where is the shape in the image?"},
-    "zh": {"colour": "图片中的形状是什么颜色？", "shape": "图片中是什么形状？", "count": "图片中有几个形状？",
-           "position": "形状在图片的哪里？"},
-    "pt": {"colour": "De que cor são as formas na imagem?", "shape": "Que forma aparece na imagem?",
-           "count": "Quantas formas há na imagem?", "position": "Onde está a forma na imagem?"},
-    "ar": {"colour": "ما لون الأشكال في الصورة؟", "shape": "ما الشكل الموجود في الصورة؟",
-           "count": "كم عدد الأشكال في الصورة؟", "position": "أين يوجد الشكل في الصورة؟"},
-    "tr": {"colour": "Resimdeki şekiller ne renk?", "shape": "Resimde hangi şekil var?",
-           "count": "Resimde kaç şekil var?", "position": "Şekil resmin neresinde?"},
-    "ru": {"colour": "Какого цвета фигуры на изображении?", "shape": "Какая фигура на изображении?",
-           "count": "Сколько фигур на изображении?", "position": "Где находится фигура на изображении?"},
+    "en": {
+        "colour": "What colour are the shapes in the image?",
+        "shape": "What shape is shown in the image?",
+        "count": "How many shapes are in the image?",
+        "position": "Where is the shape in the image?",
+    },
+    "zh": {
+        "colour": "图片中的形状是什么颜色？",
+        "shape": "图片中是什么形状？",
+        "count": "图片中有几个形状？",
+        "position": "形状在图片的哪里？",
+    },
+    "pt": {
+        "colour": "De que cor são as formas na imagem?",
+        "shape": "Que forma aparece na imagem?",
+        "count": "Quantas formas há na imagem?",
+        "position": "Onde está a forma na imagem?",
+    },
+    "ar": {
+        "colour": "ما لون الأشكال في الصورة؟",
+        "shape": "ما الشكل الموجود في الصورة؟",
+        "count": "كم عدد الأشكال في الصورة؟",
+        "position": "أين يوجد الشكل في الصورة؟",
+    },
+    "tr": {
+        "colour": "Resimdeki şekiller ne renk?",
+        "shape": "Resimde hangi şekil var?",
+        "count": "Resimde kaç şekil var?",
+        "position": "Şekil resmin neresinde?",
+    },
+    "ru": {
+        "colour": "Какого цвета фигуры на изображении?",
+        "shape": "Какая фигура на изображении?",
+        "count": "Сколько фигур на изображении?",
+        "position": "Где находится фигура на изображении?",
+    },
 }
 EXAMPLE_KIND = "colour"  # the bundled image shows a red circle and a blue square
 

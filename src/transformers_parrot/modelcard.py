@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
@@ -64,9 +65,13 @@ def _describe(config: Any) -> list[str]:
     if config is None:
         return []
     text, vision = config.text_config, config.vision_config
-    moe = (f"{config.num_experts} SwiGLU experts (intermediate size {config.moe_intermediate_size}), "
-           f"{'dense mixture' if config.moe_top_k is None else f'top-{config.moe_top_k}'}, residual weight "
-           f"{config.moe_residual_weight}" if config.use_moe else "bypassed (use_moe=False)")
+    moe = (
+        f"{config.num_experts} SwiGLU experts (intermediate size {config.moe_intermediate_size}), "
+        f"{'dense mixture' if config.moe_top_k is None else f'top-{config.moe_top_k}'}, residual weight "
+        f"{config.moe_residual_weight}"
+        if config.use_moe
+        else "bypassed (use_moe=False)"
+    )
     return [
         "| part | setting |",
         "|---|---|",
@@ -163,40 +168,58 @@ def build_model_card(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         base_model=base or None,
-        tags=list(tags or []) + ["parrot", "multilingual", "vision-language", "mixture-of-experts",
-                                 "image-text-to-text", "custom_code"],
+        tags=list(tags or [])
+        + ["parrot", "multilingual", "vision-language", "mixture-of-experts", "image-text-to-text", "custom_code"],
         model_name=model_name if evals else None,
         eval_results=evals or None,
     )
     lines = [f"# {model_name}", ""]
-    lines.append(description or (
-        "Parrot is a multilingual LLaVA-style vision-language model: CLIP vision features go through a projector "
-        "and a text-guided mixture of language experts, which turns English-biased visual tokens into "
-        f"language-specific ones, before the Qwen LLM ([Parrot, arXiv 2406.02539]({PAPER}))."
-    ))
+    lines.append(
+        description
+        or (
+            "Parrot is a multilingual LLaVA-style vision-language model: CLIP vision features go through a projector "
+            "and a text-guided mixture of language experts, which turns English-biased visual tokens into "
+            f"language-specific ones, before the Qwen LLM ([Parrot, arXiv 2406.02539]({PAPER}))."
+        )
+    )
     lines.append("")
     if converted_from:
-        lines += [f"Converted from the original checkpoint [`{converted_from}`](https://huggingface.co/{converted_from}) "
-                  "to the transformers-native format of `transformers-parrot` (`parrot-convert`); weights are "
-                  "unchanged apart from dtype, the MoE experts are stored stacked, and an `<image>` token was added "
-                  "to the tokenizer. The conversion was checked against the original computation (routing weights, "
-                  "image features after the MoE and last-token logits).", ""]
+        lines += [
+            f"Converted from the original checkpoint [`{converted_from}`](https://huggingface.co/{converted_from}) "
+            "to the transformers-native format of `transformers-parrot` (`parrot-convert`); weights are "
+            "unchanged apart from dtype, the MoE experts are stored stacked, and an `<image>` token was added "
+            "to the tokenizer. The conversion was checked against the original computation (routing weights, "
+            "image features after the MoE and last-token logits).",
+            "",
+        ]
     if training:
         lines += ["## Training", "", training, ""]
     if config is not None:
         lines += ["## Architecture", "", *_describe(config), ""]
     lines += ["## Usage", "", usage_snippets(repo_id), ""]
-    lines += ["Prompts use ChatML with the default system prompt \"You are a helpful assistant.\"; the image goes "
-              "before the user's text. Generation stops at `<|im_end|>`.", ""]
+    lines += [
+        'Prompts use ChatML with the default system prompt "You are a helpful assistant."; the image goes '
+        "before the user's text. Generation stops at `<|im_end|>`.",
+        "",
+    ]
     if evals:
         lines += ["## Evaluation", "", "| benchmark | split | accuracy |", "|---|---|---|"]
         lines += [f"| {e.dataset_name} | {e.dataset_split or ''} | {e.metric_value:.2f} |" for e in evals]
         lines.append("")
-    lines += ["## Citation", "", "```bibtex", "@article{sun2024parrot,",
-              "  title={Parrot: Multilingual Visual Instruction Tuning},",
-              "  author={Sun, Hai-Long and Zhou, Da-Wei and Li, Yang and Lu, Shiyin and Yi, Chao and Chen, Qing-Guo "
-              "and Xu, Zhao and Luo, Weihua and Zhang, Kaifu and Zhan, De-Chuan and Ye, Han-Jia},",
-              "  journal={arXiv preprint arXiv:2406.02539},", "  year={2024}", "}", "```", ""]
+    lines += [
+        "## Citation",
+        "",
+        "```bibtex",
+        "@article{sun2024parrot,",
+        "  title={Parrot: Multilingual Visual Instruction Tuning},",
+        "  author={Sun, Hai-Long and Zhou, Da-Wei and Li, Yang and Lu, Shiyin and Yi, Chao and Chen, Qing-Guo "
+        "and Xu, Zhao and Luo, Weihua and Zhang, Kaifu and Zhan, De-Chuan and Ye, Han-Jia},",
+        "  journal={arXiv preprint arXiv:2406.02539},",
+        "  year={2024}",
+        "}",
+        "```",
+        "",
+    ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 

@@ -102,11 +102,21 @@ def add_quantization_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("quantized loading (bitsandbytes; needs the quant extra)")
     add_flag(group, "load_in_4bit", action="store_true", help="load the LLM's linear layers in 4 bits")
     add_flag(group, "load_in_8bit", action="store_true", help="load the LLM's linear layers in 8 bits")
-    add_flag(group, "bnb_4bit_quant_type", default="nf4", choices=BNB_4BIT_QUANT_TYPES,
-             help="4-bit data type (default: nf4)")
+    add_flag(
+        group,
+        "bnb_4bit_quant_type",
+        default="nf4",
+        choices=BNB_4BIT_QUANT_TYPES,
+        help="4-bit data type (default: nf4)",
+    )
     add_flag(group, "use_bnb_nested_quant", action="store_true", help="4-bit double quantization")
-    add_flag(group, "quantization_config", default=None, metavar="FILE",
-             help="a JSON quantization config (any transformers quant_method), instead of the flags above")
+    add_flag(
+        group,
+        "quantization_config",
+        default=None,
+        metavar="FILE",
+        help="a JSON quantization config (any transformers quant_method), instead of the flags above",
+    )
 
 
 def quantization_config_from_args(args: argparse.Namespace, compute_dtype: Any = None):

@@ -13,8 +13,9 @@ def routing_weights(model, processor, images: list, questions: list[str]) -> tor
     exactly the prompt it sees when the model answers.
     """
     if len(images) != len(questions):
-        raise ValueError(f"routing_weights needs one image per question, got {len(images)} images "
-                         f"for {len(questions)} questions")
+        raise ValueError(
+            f"routing_weights needs one image per question, got {len(images)} images for {len(questions)} questions"
+        )
     texts = [
         processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
@@ -23,8 +24,9 @@ def routing_weights(model, processor, images: list, questions: list[str]) -> tor
         )
         for q in questions
     ]
-    batch = processor(text=texts, images=[[image] for image in images], padding=True, padding_side="left",
-                      return_tensors="pt").to(model.device)
+    batch = processor(
+        text=texts, images=[[image] for image in images], padding=True, padding_side="left", return_tensors="pt"
+    ).to(model.device)
     batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     logits = model(**batch, output_router_logits=True, logits_to_keep=1).router_logits
     if logits is None:

@@ -108,4 +108,11 @@ def tiny_model(seed: int = 0, processor: ParrotProcessor | None = None, quantiza
     return model, processor
 
 
-__all__ = ["tiny_processor", "tiny_config", "tiny_model", "config_for_processor", "TINY_VISION_CONFIG", "TINY_QUANTIZABLE_TEXT_CONFIG"]
+__all__ = [
+    "tiny_processor",
+    "tiny_config",
+    "tiny_model",
+    "config_for_processor",
+    "TINY_VISION_CONFIG",
+    "TINY_QUANTIZABLE_TEXT_CONFIG",
+]

@@ -18,13 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
-VOCAB_SIZE = 3000  # learned tokens (256 byte symbols + merges); special tokens come after
 from transformers_parrot.models.parrot.processing_parrot import IM_END, IM_START, IMAGE_TOKEN
 
+VOCAB_SIZE = 3000  # learned tokens (256 byte symbols + merges); special tokens come after
+
 SPECIAL_TOKENS = ["<|endoftext|>", IM_START, IM_END]
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "tiny_tokenizer"
 
 MMMB_INSTRUCTIONS = [
@@ -43,76 +42,162 @@ LEXICON = {
         shapes=["circle", "square", "triangle", "star", "rectangle", "line"],
         counts=["one", "two", "three", "four", "five"],
         positions=["left", "right", "top", "bottom", "center"],
-        yes="Yes", no="No",
-        templates=["There is a {colour} {shape} on the {position}.", "How many {shape}s are there? {count}.",
-                   "Is the {shape} {colour}? {yn}.", "The image shows {count} {colour} shapes."],
-        sentences=["What is in the image?", "Describe the picture in detail.", "The cat sits on the mat.",
-                   "A man is riding a bicycle in the park.", "Which option is correct?", "The answer is A.",
-                   "You are a helpful assistant.", "Please think step by step.", "I do not know.",
-                   "The sky is blue and the grass is green.", "Question: what colour is the circle?"],
+        yes="Yes",
+        no="No",
+        templates=[
+            "There is a {colour} {shape} on the {position}.",
+            "How many {shape}s are there? {count}.",
+            "Is the {shape} {colour}? {yn}.",
+            "The image shows {count} {colour} shapes.",
+        ],
+        sentences=[
+            "What is in the image?",
+            "Describe the picture in detail.",
+            "The cat sits on the mat.",
+            "A man is riding a bicycle in the park.",
+            "Which option is correct?",
+            "The answer is A.",
+            "You are a helpful assistant.",
+            "Please think step by step.",
+            "I do not know.",
+            "The sky is blue and the grass is green.",
+            "Question: what colour is the circle?",
+        ],
     ),
     "zh": dict(
         colours=["红色", "蓝色", "绿色", "黄色", "黑色", "白色", "橙色", "紫色"],
         shapes=["圆形", "正方形", "三角形", "星形", "长方形", "线条"],
         counts=["一", "二", "三", "四", "五"],
         positions=["左边", "右边", "上面", "下面", "中间"],
-        yes="是", no="否",
-        templates=["{position}有一个{colour}的{shape}。", "图中有几个{shape}？{count}个。",
-                   "这个{shape}是{colour}的吗？{yn}。", "图片显示了{count}个{colour}的形状。"],
-        sentences=["图片里有什么？", "请详细描述这张图片。", "猫坐在垫子上。", "一个男人在公园里骑自行车。",
-                   "哪个选项是正确的？", "答案是A。", "你是一个有用的助手。", "请一步一步地思考。", "我不知道。",
-                   "天空是蓝色的，草是绿色的。", "问题：圆形是什么颜色？"],
+        yes="是",
+        no="否",
+        templates=[
+            "{position}有一个{colour}的{shape}。",
+            "图中有几个{shape}？{count}个。",
+            "这个{shape}是{colour}的吗？{yn}。",
+            "图片显示了{count}个{colour}的形状。",
+        ],
+        sentences=[
+            "图片里有什么？",
+            "请详细描述这张图片。",
+            "猫坐在垫子上。",
+            "一个男人在公园里骑自行车。",
+            "哪个选项是正确的？",
+            "答案是A。",
+            "你是一个有用的助手。",
+            "请一步一步地思考。",
+            "我不知道。",
+            "天空是蓝色的，草是绿色的。",
+            "问题：圆形是什么颜色？",
+        ],
     ),
     "pt": dict(
         colours=["vermelho", "azul", "verde", "amarelo", "preto", "branco", "laranja", "roxo"],
         shapes=["círculo", "quadrado", "triângulo", "estrela", "retângulo", "linha"],
         counts=["um", "dois", "três", "quatro", "cinco"],
         positions=["esquerda", "direita", "cima", "baixo", "centro"],
-        yes="Sim", no="Não",
-        templates=["Há um {shape} {colour} à {position}.", "Quantos {shape}s existem? {count}.",
-                   "O {shape} é {colour}? {yn}.", "A imagem mostra {count} formas de cor {colour}."],
-        sentences=["O que há na imagem?", "Descreva a imagem em detalhes.", "O gato está sentado no tapete.",
-                   "Um homem anda de bicicleta no parque.", "Qual opção está correta?", "A resposta é A.",
-                   "Você é um assistente útil.", "Pense passo a passo, por favor.", "Eu não sei.",
-                   "O céu é azul e a grama é verde.", "Pergunta: qual é a cor do círculo?"],
+        yes="Sim",
+        no="Não",
+        templates=[
+            "Há um {shape} {colour} à {position}.",
+            "Quantos {shape}s existem? {count}.",
+            "O {shape} é {colour}? {yn}.",
+            "A imagem mostra {count} formas de cor {colour}.",
+        ],
+        sentences=[
+            "O que há na imagem?",
+            "Descreva a imagem em detalhes.",
+            "O gato está sentado no tapete.",
+            "Um homem anda de bicicleta no parque.",
+            "Qual opção está correta?",
+            "A resposta é A.",
+            "Você é um assistente útil.",
+            "Pense passo a passo, por favor.",
+            "Eu não sei.",
+            "O céu é azul e a grama é verde.",
+            "Pergunta: qual é a cor do círculo?",
+        ],
     ),
     "ar": dict(
         colours=["أحمر", "أزرق", "أخضر", "أصفر", "أسود", "أبيض", "برتقالي", "بنفسجي"],
         shapes=["دائرة", "مربع", "مثلث", "نجمة", "مستطيل", "خط"],
         counts=["واحد", "اثنان", "ثلاثة", "أربعة", "خمسة"],
         positions=["اليسار", "اليمين", "الأعلى", "الأسفل", "الوسط"],
-        yes="نعم", no="لا",
-        templates=["يوجد {shape} {colour} على {position}.", "كم عدد الأشكال {shape}؟ {count}.",
-                   "هل {shape} لونه {colour}؟ {yn}.", "تظهر الصورة {count} أشكال باللون {colour}."],
-        sentences=["ماذا يوجد في الصورة؟", "صف الصورة بالتفصيل.", "القطة تجلس على الحصيرة.",
-                   "رجل يركب دراجة في الحديقة.", "أي خيار هو الصحيح؟", "الإجابة هي A.", "أنت مساعد مفيد.",
-                   "فكر خطوة بخطوة من فضلك.", "لا أعرف.", "السماء زرقاء والعشب أخضر.", "سؤال: ما لون الدائرة؟"],
+        yes="نعم",
+        no="لا",
+        templates=[
+            "يوجد {shape} {colour} على {position}.",
+            "كم عدد الأشكال {shape}؟ {count}.",
+            "هل {shape} لونه {colour}؟ {yn}.",
+            "تظهر الصورة {count} أشكال باللون {colour}.",
+        ],
+        sentences=[
+            "ماذا يوجد في الصورة؟",
+            "صف الصورة بالتفصيل.",
+            "القطة تجلس على الحصيرة.",
+            "رجل يركب دراجة في الحديقة.",
+            "أي خيار هو الصحيح؟",
+            "الإجابة هي A.",
+            "أنت مساعد مفيد.",
+            "فكر خطوة بخطوة من فضلك.",
+            "لا أعرف.",
+            "السماء زرقاء والعشب أخضر.",
+            "سؤال: ما لون الدائرة؟",
+        ],
     ),
     "tr": dict(
         colours=["kırmızı", "mavi", "yeşil", "sarı", "siyah", "beyaz", "turuncu", "mor"],
         shapes=["daire", "kare", "üçgen", "yıldız", "dikdörtgen", "çizgi"],
         counts=["bir", "iki", "üç", "dört", "beş"],
         positions=["sol", "sağ", "üst", "alt", "orta"],
-        yes="Evet", no="Hayır",
-        templates=["{position} tarafta {colour} bir {shape} var.", "Kaç tane {shape} var? {count}.",
-                   "{shape} {colour} mi? {yn}.", "Resimde {count} tane {colour} şekil görünüyor."],
-        sentences=["Resimde ne var?", "Resmi ayrıntılı olarak açıklayın.", "Kedi paspasın üzerinde oturuyor.",
-                   "Bir adam parkta bisiklet sürüyor.", "Hangi seçenek doğru?", "Cevap A.",
-                   "Sen yardımcı bir asistansın.", "Lütfen adım adım düşünün.", "Bilmiyorum.",
-                   "Gökyüzü mavi ve çimen yeşil.", "Soru: dairenin rengi nedir?"],
+        yes="Evet",
+        no="Hayır",
+        templates=[
+            "{position} tarafta {colour} bir {shape} var.",
+            "Kaç tane {shape} var? {count}.",
+            "{shape} {colour} mi? {yn}.",
+            "Resimde {count} tane {colour} şekil görünüyor.",
+        ],
+        sentences=[
+            "Resimde ne var?",
+            "Resmi ayrıntılı olarak açıklayın.",
+            "Kedi paspasın üzerinde oturuyor.",
+            "Bir adam parkta bisiklet sürüyor.",
+            "Hangi seçenek doğru?",
+            "Cevap A.",
+            "Sen yardımcı bir asistansın.",
+            "Lütfen adım adım düşünün.",
+            "Bilmiyorum.",
+            "Gökyüzü mavi ve çimen yeşil.",
+            "Soru: dairenin rengi nedir?",
+        ],
     ),
     "ru": dict(
         colours=["красный", "синий", "зелёный", "жёлтый", "чёрный", "белый", "оранжевый", "фиолетовый"],
         shapes=["круг", "квадрат", "треугольник", "звезда", "прямоугольник", "линия"],
         counts=["один", "два", "три", "четыре", "пять"],
         positions=["слева", "справа", "сверху", "снизу", "в центре"],
-        yes="Да", no="Нет",
-        templates=["{position} находится {colour} {shape}.", "Сколько здесь фигур {shape}? {count}.",
-                   "{shape} {colour}? {yn}.", "На изображении {count} фигуры цвета {colour}."],
-        sentences=["Что изображено на картинке?", "Опишите изображение подробно.", "Кошка сидит на коврике.",
-                   "Мужчина едет на велосипеде в парке.", "Какой вариант правильный?", "Ответ A.",
-                   "Вы полезный помощник.", "Пожалуйста, думайте шаг за шагом.", "Я не знаю.",
-                   "Небо синее, а трава зелёная.", "Вопрос: какого цвета круг?"],
+        yes="Да",
+        no="Нет",
+        templates=[
+            "{position} находится {colour} {shape}.",
+            "Сколько здесь фигур {shape}? {count}.",
+            "{shape} {colour}? {yn}.",
+            "На изображении {count} фигуры цвета {colour}.",
+        ],
+        sentences=[
+            "Что изображено на картинке?",
+            "Опишите изображение подробно.",
+            "Кошка сидит на коврике.",
+            "Мужчина едет на велосипеде в парке.",
+            "Какой вариант правильный?",
+            "Ответ A.",
+            "Вы полезный помощник.",
+            "Пожалуйста, думайте шаг за шагом.",
+            "Я не знаю.",
+            "Небо синее, а трава зелёная.",
+            "Вопрос: какого цвета круг?",
+        ],
     ),
 }
 
@@ -133,9 +218,10 @@ def build_corpus() -> list[str]:
                     lines.append(template.format(colour=colour, shape=shape, position=position, count=count, yn=yn))
                 i += 1
         # multiple-choice style prompts, as in the MMMB/MMBench prompt builder
-        for k, shape in enumerate(lex["shapes"]):
-            options = "".join(f"\n{letter}. {lex['colours'][(k + j) % len(lex['colours'])]}"
-                              for j, letter in enumerate("ABCD"))
+        for k in range(len(lex["shapes"])):
+            options = "".join(
+                f"\n{letter}. {lex['colours'][(k + j) % len(lex['colours'])]}" for j, letter in enumerate("ABCD")
+            )
             lines.append(f"{lex['sentences'][-1]}{options}\n{MMMB_INSTRUCTIONS[list(LEXICON).index(lang)]}")
     lines.extend(str(n) for n in range(100))
     lines.append("A B C D E F G H I J K L M N O P Q R S T U V W X Y Z . , : ; ! ? ( ) [ ] { } # * - + = / \\ ' \"")
@@ -147,17 +233,25 @@ def build_tokenizer(with_image_token: bool = True):
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
 
-    tokenizer = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
-                              fuse_unk=False, byte_fallback=False))
+    tokenizer = Tokenizer(
+        BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
+    )
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=1, show_progress=False, special_tokens=[],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=1,
+        show_progress=False,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(build_corpus(), trainer=trainer)
     specials = SPECIAL_TOKENS + ([IMAGE_TOKEN] if with_image_token else [])
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
@@ -176,8 +270,14 @@ def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
     specials = SPECIAL_TOKENS + ([IMAGE_TOKEN] if with_image_token else [])
     additional = specials[1:]  # <|im_start|>, <|im_end|>, (<image>)
     added_tokens_decoder = {
-        str(tokenizer.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                        "single_word": False, "special": True}
+        str(tokenizer.token_to_id(t)): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for t in specials
     }
     config = {
@@ -196,10 +296,15 @@ def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
         "model_max_length": 32768,
         "split_special_tokens": False,
     }
-    (output / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                  encoding="utf-8")
-    special_map = {"additional_special_tokens": additional, "eos_token": IM_END,
-                   "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (output / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    special_map = {
+        "additional_special_tokens": additional,
+        "eos_token": IM_END,
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
     (output / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
     (output / "chat_template.jinja").write_text(DEFAULT_CHAT_TEMPLATE, encoding="utf-8")
     return output
@@ -208,8 +313,9 @@ def write_tokenizer(output: Path, with_image_token: bool = True) -> Path:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--no-image-token", action="store_true",
-                        help="original-style tokenizer without the <image> special token")
+    parser.add_argument(
+        "--no-image-token", action="store_true", help="original-style tokenizer without the <image> special token"
+    )
     args = parser.parse_args(argv)
     out = write_tokenizer(args.output, with_image_token=not args.no_image_token)
     print(f"wrote {out}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from html import escape
-from typing import Iterator
 
 import gradio as gr
 from transformers.utils.logging import get_logger
@@ -140,8 +140,9 @@ class ChatApp:
             self._stops.pop(session, None)
             self._turns.pop(session, None)
 
-    def answer(self, history: list[Turn], question: str | None, images: list[str], settings: Settings,
-               session: str = "") -> Iterator[list[Turn]]:
+    def answer(
+        self, history: list[Turn], question: str | None, images: list[str], settings: Settings, session: str = ""
+    ) -> Iterator[list[Turn]]:
         """Yield the conversation as the new turn's answer grows; any failure ends as the turn's error."""
         turn = Turn(question=(question or "").strip(), image=images[0] if images else None)
         history = [*history, turn]
@@ -197,15 +198,19 @@ class ChatApp:
         backend = self.backend
         lines = [f"## Parrot chat · `{escape(backend.name)}`"]
         if isinstance(backend, LocalBackend):
-            lines.append(f"{backend.num_experts} experts, context {backend.context_length} tokens, "
-                         f"up to {backend.max_images} image(s) per conversation. Under each answer: how the "
-                         "multilingual MoE routed the image for that prompt.")
+            lines.append(
+                f"{backend.num_experts} experts, context {backend.context_length} tokens, "
+                f"up to {backend.max_images} image(s) per conversation. Under each answer: how the "
+                "multilingual MoE routed the image for that prompt."
+            )
             if not backend.supports_routing:
                 lines.append("This checkpoint bypasses its MoE (`use_moe=False`): no routing to show.")
         else:
-            lines.append("Answers come from a vLLM OpenAI-compatible server. **Routing charts are not available in "
-                         "this mode**: the OpenAI API does not return the MoE's routing weights (run "
-                         "`parrot-chat --model PATH` to see them).")
+            lines.append(
+                "Answers come from a vLLM OpenAI-compatible server. **Routing charts are not available in "
+                "this mode**: the OpenAI API does not return the MoE's routing weights (run "
+                "`parrot-chat --model PATH` to see them)."
+            )
         if self.notice:
             lines.append(self.notice)
         return "\n\n".join(lines)
@@ -217,33 +222,57 @@ class ChatApp:
             gr.Markdown(self.header(), elem_id="parrot-header")
             with gr.Row():
                 with gr.Column(scale=3):
-                    chatbot = gr.Chatbot(elem_id="parrot-chatbot", height=560, label="Chat", allow_tags=False,
-                                         feedback_options=None, buttons=["copy"])
+                    chatbot = gr.Chatbot(
+                        elem_id="parrot-chatbot",
+                        height=560,
+                        label="Chat",
+                        allow_tags=False,
+                        feedback_options=None,
+                        buttons=["copy"],
+                    )
                     box = gr.MultimodalTextbox(
-                        elem_id="parrot-input", sources=["upload"], file_count="multiple",
-                        placeholder="Ask in any language; attach or paste an image (📎)", show_label=False)
+                        elem_id="parrot-input",
+                        sources=["upload"],
+                        file_count="multiple",
+                        placeholder="Ask in any language; attach or paste an image (📎)",
+                        show_label=False,
+                    )
                     with gr.Row():
                         stop_button = gr.Button("Stop", variant="stop", elem_id="parrot-stop")
                         clear_button = gr.Button("Clear chat", elem_id="parrot-clear")
                 with gr.Column(scale=1):
                     with gr.Accordion("Generation settings", open=True):
-                        max_new = gr.Slider(1, 2048, value=256, step=1, label="Max new tokens",
-                                            elem_id="parrot-max-new-tokens")
-                        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05,
-                                                label="Temperature (0 = greedy)")
+                        max_new = gr.Slider(
+                            1, 2048, value=256, step=1, label="Max new tokens", elem_id="parrot-max-new-tokens"
+                        )
+                        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
                         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
                     gr.Markdown("**Examples**: the bundled image, one question per language (each starts a new chat)")
                     example_buttons = []
                     for lang, question in example_questions().items():
-                        button = gr.Button(f"{lang} · {question}", size="sm", elem_id=f"parrot-example-{lang}",
-                                           elem_classes=["parrot-example"])
+                        button = gr.Button(
+                            f"{lang} · {question}",
+                            size="sm",
+                            elem_id=f"parrot-example-{lang}",
+                            elem_classes=["parrot-example"],
+                        )
                         example_buttons.append((button, question))
-            with gr.Accordion("Compare languages: this image's routing for the same question in six languages",
-                              open=False, visible=local, elem_id="parrot-compare-accordion"):
+            with gr.Accordion(
+                "Compare languages: this image's routing for the same question in six languages",
+                open=False,
+                visible=local,
+                elem_id="parrot-compare-accordion",
+            ):
                 gr.Markdown("The example questions come translated; for your own question, type its translations.")
                 with gr.Row():
-                    fields = [gr.Textbox(label=f"{lang} · {LANGUAGE_NAMES[lang]}", rtl=lang in RTL_LANGUAGES,
-                                         elem_id=f"parrot-compare-{lang}") for lang in LANGUAGES]
+                    fields = [
+                        gr.Textbox(
+                            label=f"{lang} · {LANGUAGE_NAMES[lang]}",
+                            rtl=lang in RTL_LANGUAGES,
+                            elem_id=f"parrot-compare-{lang}",
+                        )
+                        for lang in LANGUAGES
+                    ]
                 compare_button = gr.Button("Route in all languages", elem_id="parrot-compare-button")
                 compare_out = gr.HTML(elem_id="parrot-compare-output")
 
@@ -258,13 +287,20 @@ class ChatApp:
 
             def respond(message, turns, n, t, p, request: gr.Request):
                 message = message or {}
-                yield from stream(turns, message.get("text"), list(message.get("files") or []),
-                                  settings_of(n, t, p), request.session_hash or "")
+                yield from stream(
+                    turns,
+                    message.get("text"),
+                    list(message.get("files") or []),
+                    settings_of(n, t, p),
+                    request.session_hash or "",
+                )
 
             def run_example(question):
                 def handler(n, t, p, request: gr.Request):
-                    yield from stream([], question, [self.example_image], settings_of(n, t, p),
-                                      request.session_hash or "")
+                    yield from stream(
+                        [], question, [self.example_image], settings_of(n, t, p), request.session_hash or ""
+                    )
+
                 return handler
 
             def fill(turns):
@@ -278,6 +314,7 @@ class ChatApp:
                 events.append(button.click(run_example(question), settings, outputs, show_progress="hidden"))
             for event in events:
                 event.then(fill, [history], fields, queue=False)
+
             def stop(request: gr.Request):
                 self.stop(request.session_hash or "")
 
@@ -291,18 +328,27 @@ class ChatApp:
             demo.unload(closed)
             stop_button.click(stop, None, None, queue=False)
             clear_button.click(clear, None, [chatbot, history, box, compare_out], queue=False, cancels=events)
-            compare_button.click(lambda turns, *qs: self.compare(turns, dict(zip(LANGUAGES, qs))),
-                                 [history, *fields], compare_out)
+            compare_button.click(
+                lambda turns, *qs: self.compare(turns, dict(zip(LANGUAGES, qs))), [history, *fields], compare_out
+            )
         return demo
 
-    def launch(self, host: str = "127.0.0.1", port: int | None = None, concurrency: int = DEFAULT_CONCURRENCY,
-               **kwargs):
+    def launch(
+        self, host: str = "127.0.0.1", port: int | None = None, concurrency: int = DEFAULT_CONCURRENCY, **kwargs
+    ):
         """Serve the page (blocking unless `prevent_thread_lock=True`); returns what `Blocks.launch` returns."""
         demo = self.build()
         demo.queue(default_concurrency_limit=concurrency)
         kwargs.setdefault("ssr_mode", False)
-        return demo.launch(server_name=host, server_port=port, css=CSS, theme=_theme(),
-                           allowed_paths=[os.path.dirname(self.example_image)], footer_links=[], **kwargs)
+        return demo.launch(
+            server_name=host,
+            server_port=port,
+            css=CSS,
+            theme=_theme(),
+            allowed_paths=[os.path.dirname(self.example_image)],
+            footer_links=[],
+            **kwargs,
+        )
 
 
 def _theme():

@@ -15,8 +15,9 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from transformers.utils.logging import get_logger
 
@@ -98,14 +99,17 @@ def load_image(path: str):
     if not os.path.isfile(path):
         raise ChatInputError(f"The upload {name!r} cannot be read: it is not a file.")
     if size > MAX_IMAGE_BYTES:
-        raise ChatInputError(f"The image {name!r} is {size / 2**20:.1f} MB; the limit is "
-                             f"{MAX_IMAGE_BYTES / 2**20:.0f} MB.")
+        raise ChatInputError(
+            f"The image {name!r} is {size / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES / 2**20:.0f} MB."
+        )
     try:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ChatInputError(f"The image {name!r} is {width}×{height} pixels; the limit is "
-                                     f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.")
+                raise ChatInputError(
+                    f"The image {name!r} is {width}×{height} pixels; the limit is "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels."
+                )
             if width == 0 or height == 0:
                 raise ChatInputError(f"The image {name!r} is empty ({width}×{height}).")
             return image.convert("RGB")
@@ -125,10 +129,14 @@ def check_request(history: list[Turn], question: str | None, images: list[str], 
     earlier = sum(turn.image is not None for turn in history if turn.ok)
     if len(images) + earlier > max_images:
         if len(images) > max_images:
-            raise ChatInputError(f"{len(images)} images were attached; this model takes at most {max_images} "
-                                 f"image{'s' if max_images > 1 else ''} per conversation.")
-        raise ChatInputError(f"This conversation already has {earlier} image{'s' if earlier > 1 else ''}, and "
-                             f"this model takes at most {max_images}. Clear the chat to ask about a new image.")
+            raise ChatInputError(
+                f"{len(images)} images were attached; this model takes at most {max_images} "
+                f"image{'s' if max_images > 1 else ''} per conversation."
+            )
+        raise ChatInputError(
+            f"This conversation already has {earlier} image{'s' if earlier > 1 else ''}, and "
+            f"this model takes at most {max_images}. Clear the chat to ask about a new image."
+        )
     return question
 
 
@@ -139,8 +147,9 @@ class Backend(Protocol):
     max_images: int
     supports_routing: bool
 
-    def stream(self, history: list[Turn], turn: Turn, settings: Settings,
-               stop: threading.Event) -> Iterator[Reply]: ...
+    def stream(
+        self, history: list[Turn], turn: Turn, settings: Settings, stop: threading.Event
+    ) -> Iterator[Reply]: ...
 
 
 def _completed(history: list[Turn]) -> list[Turn]:
@@ -181,8 +190,15 @@ class LocalBackend:
         self._special = sorted(set(tokenizer.all_special_tokens) | {processor.image_token}, key=len, reverse=True)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
-                        max_images: int = DEFAULT_MAX_IMAGES, quantization_config=None) -> "LocalBackend":
+    def from_pretrained(
+        cls,
+        path: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        trust_remote_code: bool = False,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        quantization_config=None,
+    ) -> LocalBackend:
         """Load any folder or Hub id this package (or `parrot-convert`) saved; `quantization_config` (e.g. a
         `BitsAndBytesConfig`) loads it quantized, placed by `device_map` (the vision tower and MoE stay unquantized)."""
         import torch
@@ -193,11 +209,14 @@ class LocalBackend:
         if device == "auto":
             placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
         if quantization_config is not None:  # quantized weights are placed at loading, never moved afterwards
-            placement = {"device_map": placement.get("device_map", "cpu") if device == "auto" else {"": device},
-                         "quantization_config": quantization_config}
+            placement = {
+                "device_map": placement.get("device_map", "cpu") if device == "auto" else {"": device},
+                "quantization_config": quantization_config,
+            }
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype,
-                                                            trust_remote_code=trust_remote_code, **placement)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **placement
+        )
         if device != "auto" and quantization_config is None:
             model = model.to(device)
         return cls(model, processor, name=os.path.basename(os.path.normpath(path)) or path, max_images=max_images)
@@ -230,8 +249,10 @@ class LocalBackend:
         inputs = self.processor(text=[text], images=[images] if images else None, return_tensors="pt")
         length = inputs["input_ids"].shape[1]
         if length >= self.context_length:
-            raise ChatInputError(f"The prompt is {length} tokens (image included), over this model's context of "
-                                 f"{self.context_length} tokens. Shorten the question or clear the chat.")
+            raise ChatInputError(
+                f"The prompt is {length} tokens (image included), over this model's context of "
+                f"{self.context_length} tokens. Shorten the question or clear the chat."
+            )
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -256,23 +277,27 @@ class LocalBackend:
         cleaned = [self._clean(q) for q in questions]
         return routing_weights(self.model, self.processor, [picture] * len(cleaned), cleaned).tolist()
 
-    def stream(self, history: list[Turn], turn: Turn, settings: Settings,
-               stop: threading.Event) -> Iterator[Reply]:
+    def stream(self, history: list[Turn], turn: Turn, settings: Settings, stop: threading.Event) -> Iterator[Reply]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         settings.check()
         inputs = self.prepare(_completed(history) + [turn])
         room = self.context_length - inputs["input_ids"].shape[1]
         max_new = max(1, min(int(settings.max_new_tokens), room))
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=STREAM_TIMEOUT_S)
+        streamer = TextIteratorStreamer(
+            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+        )
         failure: list[BaseException] = []
 
         def work() -> None:
             try:
-                self.model.generate(**inputs, streamer=streamer, max_new_tokens=max_new,
-                                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-                                    **settings.generate_kwargs())
+                self.model.generate(
+                    **inputs,
+                    streamer=streamer,
+                    max_new_tokens=max_new,
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    **settings.generate_kwargs(),
+                )
             except BaseException as err:  # reported to the page by the consuming thread
                 failure.append(err)
                 streamer.end()
@@ -306,8 +331,13 @@ class ServerBackend:
 
     supports_routing = False
 
-    def __init__(self, url: str, model: str | None = None, max_images: int = DEFAULT_MAX_IMAGES,
-                 timeout: float = STREAM_TIMEOUT_S):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        timeout: float = STREAM_TIMEOUT_S,
+    ):
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[: -len("/v1")]
@@ -318,8 +348,12 @@ class ServerBackend:
 
     def _request(self, path: str, payload: dict | None = None):
         data = None if payload is None else json.dumps(payload).encode("utf-8")
-        request = urllib.request.Request(self.url + path, data=data, method="GET" if data is None else "POST",
-                                         headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as err:
@@ -350,12 +384,15 @@ class ServerBackend:
                 messages.append({"role": "assistant", "content": turn.answer})
         return messages
 
-    def stream(self, history: list[Turn], turn: Turn, settings: Settings,
-               stop: threading.Event) -> Iterator[Reply]:
+    def stream(self, history: list[Turn], turn: Turn, settings: Settings, stop: threading.Event) -> Iterator[Reply]:
         settings.check()
-        payload = {"model": self.model_id(), "messages": self.messages(_completed(history) + [turn]),
-                   "stream": True, "max_tokens": int(settings.max_new_tokens),
-                   "temperature": max(0.0, float(settings.temperature))}
+        payload = {
+            "model": self.model_id(),
+            "messages": self.messages(_completed(history) + [turn]),
+            "stream": True,
+            "max_tokens": int(settings.max_new_tokens),
+            "temperature": max(0.0, float(settings.temperature)),
+        }
         if settings.temperature > 0:
             payload["top_p"] = float(settings.top_p)
         text = ""
@@ -366,7 +403,7 @@ class ServerBackend:
                 line = raw.decode("utf-8").strip()
                 if not line.startswith("data:"):
                     continue
-                data = line[len("data:"):].strip()
+                data = line[len("data:") :].strip()
                 if data == "[DONE]":
                     break
                 chunk = json.loads(data)
@@ -403,6 +440,18 @@ def _error_message(err: urllib.error.HTTPError) -> str:
         return raw.strip()[:500] or err.reason
 
 
-__all__ = ["Backend", "ChatInputError", "LocalBackend", "Reply", "ServerBackend", "Settings", "Turn",
-           "check_request", "load_image", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "DEFAULT_CONCURRENCY",
-           "DEFAULT_MAX_IMAGES"]
+__all__ = [
+    "Backend",
+    "ChatInputError",
+    "LocalBackend",
+    "Reply",
+    "ServerBackend",
+    "Settings",
+    "Turn",
+    "check_request",
+    "load_image",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_IMAGES",
+]

@@ -1,8 +1,8 @@
 """`parrot-chat`: serve the web chat for a Parrot checkpoint (`--model`) or a vLLM server (`--server`).
 
-    parrot-chat --model parrot-demo-output/model          # any folder this package saves, or a Hub id
-    parrot-chat --model Parrot-7B-hf --dtype bfloat16 --device cuda
-    parrot-chat --server http://localhost:8000            # a running vLLM OpenAI-compatible server
+parrot-chat --model parrot-demo-output/model          # any folder this package saves, or a Hub id
+parrot-chat --model Parrot-7B-hf --dtype bfloat16 --device cuda
+parrot-chat --server http://localhost:8000            # a running vLLM OpenAI-compatible server
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` 
 def build_parser() -> argparse.ArgumentParser:
     from .backend import DEFAULT_CONCURRENCY, DEFAULT_MAX_IMAGES
 
-    parser = argparse.ArgumentParser(prog="parrot-chat", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="parrot-chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help=f"folder or Hub id of a Parrot checkpoint (default: {DEMO_MODEL} if present)")
     source.add_argument("--server", metavar="URL", help="answer through a vLLM OpenAI-compatible server at URL")
@@ -32,10 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantization_flags(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, mps, ...")
     add_flag(parser, "trust_remote_code", action="store_true", help="load a checkpoint's own code")
-    add_flag(parser, "max_images", type=int, default=DEFAULT_MAX_IMAGES,
-                        help="images per conversation (default: %(default)s, as Parrot was trained)")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help="requests answered at once (default: %(default)s)")
+    add_flag(
+        parser,
+        "max_images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help="images per conversation (default: %(default)s, as Parrot was trained)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests answered at once (default: %(default)s)"
+    )
     return parser
 
 
@@ -44,12 +51,16 @@ def resolve_model(model: str | None) -> tuple[str | None, str | None]:
     if model:
         return model, None
     if os.path.isfile(os.path.join(DEMO_MODEL, "config.json")):
-        return DEMO_MODEL, (f"No --model given: using `{DEMO_MODEL}`, the small model `parrot-demo` trained on "
-                            "drawn shapes (it knows colours, shapes, counts and positions, nothing else).")
-    return None, (f"parrot-chat needs a model: --model PATH_OR_ID (a folder saved by this package, a checkpoint "
-                  f"converted with parrot-convert, or a fine-tuned one), or --server URL for a vLLM server. "
-                  f"`parrot-demo` trains a small one into {DEMO_MODEL} in about 8 CPU minutes, which parrot-chat "
-                  "then uses by default.")
+        return DEMO_MODEL, (
+            f"No --model given: using `{DEMO_MODEL}`, the small model `parrot-demo` trained on "
+            "drawn shapes (it knows colours, shapes, counts and positions, nothing else)."
+        )
+    return None, (
+        f"parrot-chat needs a model: --model PATH_OR_ID (a folder saved by this package, a checkpoint "
+        f"converted with parrot-convert, or a fine-tuned one), or --server URL for a vLLM server. "
+        f"`parrot-demo` trains a small one into {DEMO_MODEL} in about 8 CPU minutes, which parrot-chat "
+        "then uses by default."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parrot-chat: error: {err}", file=sys.stderr)
         return 2
     if quantization is not None and args.server:
-        print("parrot-chat: error: quantization flags load a local model; the --server model is loaded by its server",
-              file=sys.stderr)
+        print(
+            "parrot-chat: error: quantization flags load a local model; the --server model is loaded by its server",
+            file=sys.stderr,
+        )
         return 2
     model, notice = (None, None) if args.server else resolve_model(args.model)
     if model is None and not args.server:
@@ -83,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         if notice:
             print(notice)
         print(f"parrot-chat: loading {model} ...", flush=True)
-        backend = LocalBackend.from_pretrained(model, dtype=args.dtype, device=args.device,
-                                               trust_remote_code=args.trust_remote_code, max_images=args.max_images,
-                                               quantization_config=quantization)
-    ChatApp(backend, notice=notice).launch(host=args.host, port=args.port,
-                                           concurrency=args.concurrency)
+        backend = LocalBackend.from_pretrained(
+            model,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            max_images=args.max_images,
+            quantization_config=quantization,
+        )
+    ChatApp(backend, notice=notice).launch(host=args.host, port=args.port, concurrency=args.concurrency)
     return 0
 
 

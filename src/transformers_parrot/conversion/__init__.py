@@ -21,5 +21,17 @@ from .key_mapping import KEY_MAPPING, build_plan
 from .settings import multimodal_settings
 from .verification import VERIFY_PROMPTS, VerifyReport, verify
 
-__all__ = ["convert", "verify", "main", "build_parser", "ConversionError", "PublishError", "ConversionResult",
-           "VerifyReport", "KEY_MAPPING", "build_plan", "multimodal_settings", "VERIFY_PROMPTS"]
+__all__ = [
+    "convert",
+    "verify",
+    "main",
+    "build_parser",
+    "ConversionError",
+    "PublishError",
+    "ConversionResult",
+    "VerifyReport",
+    "KEY_MAPPING",
+    "build_plan",
+    "multimodal_settings",
+    "VERIFY_PROMPTS",
+]

@@ -24,30 +24,62 @@ def build_parser() -> argparse.ArgumentParser:
         prog="parrot-convert",
         description="Convert an original Parrot checkpoint (AIDC-AI/Parrot-7B style) to transformers-native Parrot.",
         epilog="exit codes: 0 success; 1 verification mismatch; 2 bad input or argument (nothing written); "
-               "3 the Hub failed while publishing",
+        "3 the Hub failed while publishing",
     )
     add_flag(parser, "input", required=True, help="original checkpoint: local folder or Hub repo id")
     add_flag(parser, "output", required=True, help="output folder")
-    add_flag(parser, "vision_tower", default=None,
-              help="CLIP vision tower (folder or Hub id) overriding mm_vision_tower; its weights, when it has "
-                   "any, replace those inside the checkpoint")
-    add_flag(parser, "dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
-              help="dtype of the converted weights (auto: the input's torch_dtype)")
+    add_flag(
+        parser,
+        "vision_tower",
+        default=None,
+        help="CLIP vision tower (folder or Hub id) overriding mm_vision_tower; its weights, when it has "
+        "any, replace those inside the checkpoint",
+    )
+    add_flag(
+        parser,
+        "dtype",
+        default="auto",
+        choices=["auto", *OUTPUT_DTYPES],
+        help="dtype of the converted weights (auto: the input's torch_dtype)",
+    )
     add_flag(parser, "max_shard_size", default="5GB", help="largest output safetensors shard (default 5GB)")
     add_flag(parser, "overwrite", action="store_true", help="replace a non-empty output folder")
-    add_flag(parser, "verify", action="store_true",
-              help="compare the converted model with an independent forward over the input tensors")
+    add_flag(
+        parser,
+        "verify",
+        action="store_true",
+        help="compare the converted model with an independent forward over the input tensors",
+    )
     add_flag(parser, "verify_only", action="store_true", help="only run the verification of an existing output")
-    add_flag(parser, "verify_dtype", default="auto", choices=["auto", *OUTPUT_DTYPES],
-              help="compute dtype of the verification (auto: float32 when it fits in RAM)")
-    add_flag(parser, "tolerance", type=float, default=None,
-              help="relative tolerance of --verify (default 1e-4 in float32, 3e-2 otherwise)")
+    add_flag(
+        parser,
+        "verify_dtype",
+        default="auto",
+        choices=["auto", *OUTPUT_DTYPES],
+        help="compute dtype of the verification (auto: float32 when it fits in RAM)",
+    )
+    add_flag(
+        parser,
+        "tolerance",
+        type=float,
+        default=None,
+        help="relative tolerance of --verify (default 1e-4 in float32, 3e-2 otherwise)",
+    )
     add_flag(parser, "model_name", default=None, help="model name in the card (default: the input's name)")
     add_flag(parser, "license", default=None, help="license for the card (default: the input card's)")
-    add_flag(parser, "results", default=None,
-              help="evaluation results.json or model_index.json (parrot-eval) for the card's model-index")
-    add_flag(parser, "push_to_hub", default=None, metavar="REPO",
-              help="upload the output folder to this Hub repo (repo id and token are checked before converting)")
+    add_flag(
+        parser,
+        "results",
+        default=None,
+        help="evaluation results.json or model_index.json (parrot-eval) for the card's model-index",
+    )
+    add_flag(
+        parser,
+        "push_to_hub",
+        default=None,
+        metavar="REPO",
+        help="upload the output folder to this Hub repo (repo id and token are checked before converting)",
+    )
     add_flag(parser, "private", action="store_true", help="create the --push_to_hub repo as private")
     return parser
 
@@ -58,17 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = check_push_target(args.push_to_hub) if args.push_to_hub else None
         if not args.verify_only:
-            result = convert(args.input, args.output, vision_tower=args.vision_tower, dtype=args.dtype,
-                             max_shard_size=args.max_shard_size, overwrite=args.overwrite, model_name=args.model_name,
-                             license=args.license, results=args.results)
-            print(f"converted {args.input} -> {result.output} ({len(result.shards)} shard(s), <image> id "
-                  f"{result.image_token_id}, {'resized' if result.resized_vocab else 'spare'} embedding row, "
-                  f"vision from {result.vision_source})")
+            result = convert(
+                args.input,
+                args.output,
+                vision_tower=args.vision_tower,
+                dtype=args.dtype,
+                max_shard_size=args.max_shard_size,
+                overwrite=args.overwrite,
+                model_name=args.model_name,
+                license=args.license,
+                results=args.results,
+            )
+            print(
+                f"converted {args.input} -> {result.output} ({len(result.shards)} shard(s), <image> id "
+                f"{result.image_token_id}, {'resized' if result.resized_vocab else 'spare'} embedding row, "
+                f"vision from {result.vision_source})"
+            )
             for name in result.ignored:
                 print(f"  not converted: {name}")
         if args.verify or args.verify_only:
-            report = verify(args.input, args.output, vision_tower=args.vision_tower, compute_dtype=args.verify_dtype,
-                            tolerance=args.tolerance)
+            report = verify(
+                args.input,
+                args.output,
+                vision_tower=args.vision_tower,
+                compute_dtype=args.verify_dtype,
+                tolerance=args.tolerance,
+            )
             if not report.ok:
                 print("VERIFICATION FAILED:", file=sys.stderr)
                 for failure in report.failures:
@@ -76,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_VERIFICATION_FAILED
             print("verification passed: routing weights, image features and last-token logits match")
         if target is not None:
-            url = push_folder(target, Path(args.output), private=args.private,
-                              commit_message=f"Convert {args.input} to transformers-native Parrot")
+            url = push_folder(
+                target,
+                Path(args.output),
+                private=args.private,
+                commit_message=f"Convert {args.input} to transformers-native Parrot",
+            )
             print(f"pushed {args.output} to {url}")
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,8 +29,12 @@ logger = logging.get_logger(__name__)
 
 ENDOFTEXT = "<|endoftext|>"  # Qwen2's pad / unk token
 # Qwen1.5 chat LLMs by (hidden_size, num_hidden_layers): the base model of each released Parrot (for the card).
-KNOWN_QWEN_BASES = {(4096, 32): "Qwen/Qwen1.5-7B-Chat", (5120, 40): "Qwen/Qwen1.5-14B-Chat",
-                    (2048, 24): "Qwen/Qwen1.5-1.8B-Chat", (1024, 24): "Qwen/Qwen1.5-0.5B-Chat"}
+KNOWN_QWEN_BASES = {
+    (4096, 32): "Qwen/Qwen1.5-7B-Chat",
+    (5120, 40): "Qwen/Qwen1.5-14B-Chat",
+    (2048, 24): "Qwen/Qwen1.5-1.8B-Chat",
+    (1024, 24): "Qwen/Qwen1.5-0.5B-Chat",
+}
 
 
 @dataclass
@@ -54,8 +58,9 @@ def prepare_tokenizer(folder: Path, chat_template: str, model_max_length: int | 
         if token not in tokenizer.get_vocab():
             raise ConversionError(f"the tokenizer in {folder} has no {token}: not a Qwen2 ChatML tokenizer")
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False, lstrip=False, rstrip=False)],
-                             special_tokens=True)
+        tokenizer.add_tokens(
+            [AddedToken(IMAGE_TOKEN, special=True, normalized=False, lstrip=False, rstrip=False)], special_tokens=True
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = ENDOFTEXT
     tokenizer.chat_template = chat_template
@@ -76,14 +81,24 @@ def check_results(results: str | os.PathLike | None) -> None:
     try:
         eval_results_from(path, "check")
     except (ValueError, KeyError, TypeError) as err:
-        raise ConversionError(f"--results {results} is not a parrot-eval results.json or model_index.json: {err}") \
-            from None
+        raise ConversionError(
+            f"--results {results} is not a parrot-eval results.json or model_index.json: {err}"
+        ) from None
 
 
-def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_tower: str | None = None,
-            dtype: str = "auto", max_shard_size: str | int = "5GB", overwrite: bool = False,
-            model_name: str | None = None, license: str | None = None, results: str | os.PathLike | None = None,
-            source_repo: str | None = None) -> ConversionResult:
+def convert(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    vision_tower: str | None = None,
+    dtype: str = "auto",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    model_name: str | None = None,
+    license: str | None = None,
+    results: str | os.PathLike | None = None,
+    source_repo: str | None = None,
+) -> ConversionResult:
     """Convert an original Parrot checkpoint folder (or Hub id) into a transformers-native folder."""
     from transformers import GenerationConfig
     from transformers.dynamic_module_utils import custom_object_save
@@ -118,8 +133,10 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
         tensors = {k: v for k, v in tensors.items() if not k.startswith(VISION_PREFIX)} | vision.tensors
     vision_config = load_vision_config(vision.folder)
     if original.get("mm_hidden_size", vision_config.hidden_size) != vision_config.hidden_size:
-        raise ConversionError(f"mm_hidden_size={original['mm_hidden_size']} differs from the vision tower's "
-                              f"hidden_size={vision_config.hidden_size}")
+        raise ConversionError(
+            f"mm_hidden_size={original['mm_hidden_size']} differs from the vision tower's "
+            f"hidden_size={vision_config.hidden_size}"
+        )
 
     out_dtype = output_dtype(dtype, original, tensors)
     tokenizer = prepare_tokenizer(folder, DEFAULT_CHAT_TEMPLATE, original.get("tokenizer_model_max_length"))
@@ -129,13 +146,24 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
     target_rows = max(vocab_rows, image_token_id + 1, len(tokenizer))
 
     tied = bool(original.get("tie_word_embeddings", False))
-    text = {**text_config_from_original(original), "vocab_size": target_rows, "tie_word_embeddings": tied,
-            "pad_token_id": tokenizer.convert_tokens_to_ids(ENDOFTEXT)}
-    config = ParrotConfig(vision_config=vision_config.to_dict(), text_config=text, image_token_id=image_token_id,
-                          tie_word_embeddings=tied, **mm)  # image_seq_length follows from the vision config
-    processor = ParrotProcessor(image_processor=default_image_processor(**image_processor_settings(vision.folder,
-                                                                                                  do_pad)),
-                                tokenizer=tokenizer, image_seq_length=config.image_seq_length)
+    text = {
+        **text_config_from_original(original),
+        "vocab_size": target_rows,
+        "tie_word_embeddings": tied,
+        "pad_token_id": tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    }
+    config = ParrotConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text,
+        image_token_id=image_token_id,
+        tie_word_embeddings=tied,
+        **mm,
+    )  # image_seq_length follows from the vision config
+    processor = ParrotProcessor(
+        image_processor=default_image_processor(**image_processor_settings(vision.folder, do_pad)),
+        tokenizer=tokenizer,
+        image_seq_length=config.image_seq_length,
+    )
     config.assistant_header_ids = list(processor.assistant_header_ids)
     config.dtype = out_dtype
 
@@ -159,13 +187,20 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_
     config.architectures = ["ParrotForConditionalGeneration"]
     config.save_pretrained(output)
     processor.save_pretrained(output)
-    GenerationConfig(bos_token_id=original.get("bos_token_id"), eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-                     pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT)).save_pretrained(output)
+    GenerationConfig(
+        bos_token_id=original.get("bos_token_id"),
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    ).save_pretrained(output)
     del model
     write_model_card(
-        output, config=config, model_name=model_name or _default_name(input_path),
-        license=license or _input_license(folder), base_models=_base_models(original, vision_tower),
-        results=results, converted_from=source_repo or _source_repo(input_path),
+        output,
+        config=config,
+        model_name=model_name or _default_name(input_path),
+        license=license or _input_license(folder),
+        base_models=_base_models(original, vision_tower),
+        results=results,
+        converted_from=source_repo or _source_repo(input_path),
     )
     return ConversionResult(output, config, image_token_id, target_rows > vocab_rows, shards, ignored, vision.name)
 

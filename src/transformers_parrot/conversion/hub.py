@@ -49,8 +49,9 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, *, weights: bool = True, revision: str | None = None,
-                       what: str = "--input") -> Path:
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, *, weights: bool = True, revision: str | None = None, what: str = "--input"
+) -> Path:
     """A local folder as is; otherwise a Hub repo id fetched with ``snapshot_download`` (safetensors preferred,
     pickled ``.bin`` only when the repo has no safetensors; never Python files). Raises ConversionError."""
     from huggingface_hub import HfApi, snapshot_download
@@ -79,10 +80,14 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, weights: bool = True,
         logger.info("downloading %s (%s)", name, ", ".join(patterns))
         return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
     except Exception as err:  # noqa: BLE001 - the Hub client's errors differ between huggingface_hub releases
-        reason = ("the Hub is offline (HF_HUB_OFFLINE=1) and the repo is not in the local cache" if offline
-                  else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        raise ConversionError(f"{_missing_folder(name, what)}, and Hub repo {name!r} could not be downloaded: "
-                              f"{reason}") from err
+        reason = (
+            "the Hub is offline (HF_HUB_OFFLINE=1) and the repo is not in the local cache"
+            if offline
+            else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        )
+        raise ConversionError(
+            f"{_missing_folder(name, what)}, and Hub repo {name!r} could not be downloaded: {reason}"
+        ) from err
 
 
 @dataclass
@@ -115,18 +120,23 @@ def check_push_target(repo_id: str) -> PushTarget:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status in (401, 403):
             raise PublishError(f"the Hub rejected the token (HTTP {status}): run `hf auth login` again") from None
-        raise PublishError(f"cannot reach the Hub to check the token: {type(err).__name__}: {err}",
-                           network=True) from err
+        raise PublishError(
+            f"cannot reach the Hub to check the token: {type(err).__name__}: {err}", network=True
+        ) from err
     user = info.get("name")
     role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise PublishError(f"the Hub token of {user} is read-only: --push_to_hub needs a write token "
-                           "(`hf auth login` with a token that has the write role)")
+        raise PublishError(
+            f"the Hub token of {user} is read-only: --push_to_hub needs a write token "
+            "(`hf auth login` with a token that has the write role)"
+        )
     namespace = repo_id.split("/", 1)[0] if "/" in repo_id else user
     allowed = {user} | {org.get("name") for org in info.get("orgs") or []}
     if namespace not in allowed:
-        raise PublishError(f"--push_to_hub {repo_id}: {user} cannot create repos under {namespace!r} (allowed: "
-                           f"{', '.join(sorted(n for n in allowed if n))})")
+        raise PublishError(
+            f"--push_to_hub {repo_id}: {user} cannot create repos under {namespace!r} (allowed: "
+            f"{', '.join(sorted(n for n in allowed if n))})"
+        )
     return PushTarget(repo_id, api)
 
 
@@ -136,7 +146,9 @@ def push_folder(target: PushTarget, folder: Path, *, private: bool, commit_messa
         target.api.create_repo(target.repo_id, private=private, exist_ok=True)
         target.api.upload_folder(folder_path=str(folder), repo_id=target.repo_id, commit_message=commit_message)
     except Exception as err:  # noqa: BLE001 - the Hub client's errors differ between huggingface_hub releases
-        raise PublishError(f"uploading {folder} to {target.repo_id} failed: {type(err).__name__}: {err}. The "
-                           f"converted folder is complete; retry with `hf upload {target.repo_id} {folder}`",
-                           network=True) from err
+        raise PublishError(
+            f"uploading {folder} to {target.repo_id} failed: {type(err).__name__}: {err}. The "
+            f"converted folder is complete; retry with `hf upload {target.repo_id} {folder}`",
+            network=True,
+        ) from err
     return f"https://huggingface.co/{target.repo_id}"

@@ -80,8 +80,9 @@ def _original_shape(op: Op, target_shape: tuple[int, ...], vocab_rows: int) -> t
     return target_shape
 
 
-def build_plan(model_state: dict[str, torch.Tensor], num_experts: int, vocab_rows: int,
-               tied: bool) -> dict[str, Piece]:
+def build_plan(
+    model_state: dict[str, torch.Tensor], num_experts: int, vocab_rows: int, tied: bool
+) -> dict[str, Piece]:
     """Original key → Piece for every tensor the converted model needs (from its meta-device state dict).
 
     ``vocab_rows`` is the number of embedding rows in the input (the target may have more after adding <image>);
@@ -122,8 +123,10 @@ def check_against_plan(tensors: dict[str, TensorInfo], plan: dict[str, Piece], t
     missing = sorted(set(plan) - set(tensors))
     problems = []
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) (not part of Parrot; refusing to drop them): "
-                        + ", ".join(sorted(unexpected)))
+        problems.append(
+            f"{len(unexpected)} unexpected key(s) (not part of Parrot; refusing to drop them): "
+            + ", ".join(sorted(unexpected))
+        )
     if missing:
         problems.append(f"{len(missing)} missing key(s): " + ", ".join(missing))
     if wrong:

@@ -109,8 +109,9 @@ def read_headers(folder: Path, what: str) -> dict[str, TensorInfo]:
 
     def add(entry: TensorInfo) -> None:
         if entry.name in infos:
-            raise ConversionError(f"{what}: tensor {entry.name!r} is in both {infos[entry.name].file.name} and "
-                                  f"{entry.file.name}")
+            raise ConversionError(
+                f"{what}: tensor {entry.name!r} is in both {infos[entry.name].file.name} and {entry.file.name}"
+            )
         infos[entry.name] = entry
 
     for file in weight_files(folder, what):
@@ -204,8 +205,10 @@ def _download_hint(repo: str, checkpoint_has_vision: bool) -> str:
     folder = repo.rsplit("/", 1)[-1]
     hint = f"Download it (`hf download {repo} --local-dir {folder}`) and pass --vision_tower {folder}"
     if checkpoint_has_vision:
-        hint += (" (the checkpoint carries the vision weights, so a folder with only its config.json and "
-                 "preprocessor_config.json is enough)")
+        hint += (
+            " (the checkpoint carries the vision weights, so a folder with only its config.json and "
+            "preprocessor_config.json is enough)"
+        )
     return hint
 
 
@@ -223,8 +226,9 @@ def resolve_vision(original: dict, tensors: dict[str, TensorInfo], vision_tower:
     if vision_tower is None and looks_local(name) and not Path(name).expanduser().is_dir():
         base = Path(name).name
         if not base.startswith("clip-vit-"):
-            raise ConversionError(f"mm_vision_tower {name!r} is not a local folder: pass --vision_tower (a CLIP "
-                                  "folder or Hub id)")
+            raise ConversionError(
+                f"mm_vision_tower {name!r} is not a local folder: pass --vision_tower (a CLIP folder or Hub id)"
+            )
         repo = f"openai/{base}"
         logger.warning("mm_vision_tower %s is a path of the training machine: using %s", name, repo)
     what = "--vision_tower" if vision_tower is not None else "mm_vision_tower"
@@ -235,17 +239,20 @@ def resolve_vision(original: dict, tensors: dict[str, TensorInfo], vision_tower:
             raise
         if repo == name:
             raise ConversionError(f"cannot read the vision tower: {err}. {_download_hint(repo, has_vision)}") from None
-        raise ConversionError(f"cannot read the vision tower: mm_vision_tower {name!r} is a path of the training "
-                              f"machine, and {repo} could not be fetched from the Hub"
-                              f"{' (HF_HUB_OFFLINE=1)' if hub_offline() else ''}. {_download_hint(repo, has_vision)}") \
-            from None
+        raise ConversionError(
+            f"cannot read the vision tower: mm_vision_tower {name!r} is a path of the training "
+            f"machine, and {repo} could not be fetched from the Hub"
+            f"{' (HF_HUB_OFFLINE=1)' if hub_offline() else ''}. {_download_hint(repo, has_vision)}"
+        ) from None
 
     if vision_tower is None and has_vision:
         return VisionSource(folder, "checkpoint")
     if not has_weight_files(folder):
         if has_vision:  # a config-only --vision_tower for a checkpoint with its own vision weights
             return VisionSource(folder, "checkpoint")
-        raise ConversionError(f"the checkpoint has no vision weights and the vision tower folder {folder} has none "
-                              "either: pass a CLIP folder with weights as --vision_tower")
+        raise ConversionError(
+            f"the checkpoint has no vision weights and the vision tower folder {folder} has none "
+            "either: pass a CLIP folder with weights as --vision_tower"
+        )
     external, skipped = external_vision_tensors(folder)
     return VisionSource(folder, name, external, skipped)

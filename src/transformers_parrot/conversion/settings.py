@@ -17,8 +17,16 @@ logger = logging.get_logger(__name__)
 
 # Qwen2 fields older configs may carry that a transformers-5 Qwen2Config().to_dict() no longer lists.
 LEGACY_QWEN2_FIELDS = {"rope_theta", "rope_scaling", "torch_dtype", "attention_bias"}
-NOT_CARRIED_QWEN2_FIELDS = {"architectures", "model_type", "_name_or_path", "transformers_version", "auto_map",
-                            "torch_dtype", "dtype", "use_cache"}
+NOT_CARRIED_QWEN2_FIELDS = {
+    "architectures",
+    "model_type",
+    "_name_or_path",
+    "transformers_version",
+    "auto_map",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+}
 # mm_vision_select_feature → vision_feature_select_strategy
 SELECT_FEATURE = {"cls_patch": "full", "patch": "default"}
 # Output dtypes of --dtype (names of torch dtypes).
@@ -63,12 +71,18 @@ def multimodal_settings(original: dict) -> dict:
         logger.warning("config.json has no moe_weight: using the original module's default 1.0")
     residual = float(original.get("moe_weight", 1.0)) if original.get("use_moe_residual", True) else 0.0
     if use_moe and feature != "cls_patch":
-        raise ConversionError("use_moe=True needs mm_vision_select_feature='cls_patch' (the CLS token is the router query)")
+        raise ConversionError(
+            "use_moe=True needs mm_vision_select_feature='cls_patch' (the CLS token is the router query)"
+        )
     top_k = original.get("moe_top_k")
     if top_k is not None and int(top_k) != num_experts:
         # The original forward ignores moe_top_k and always mixes all experts: the faithful conversion is dense.
-        logger.warning("moe_top_k=%s < num_experts=%s is ignored by the original forward (always dense); the "
-                       "converted model is dense too (moe_top_k=None)", top_k, num_experts)
+        logger.warning(
+            "moe_top_k=%s < num_experts=%s is ignored by the original forward (always dense); the "
+            "converted model is dense too (moe_top_k=None)",
+            top_k,
+            num_experts,
+        )
     return dict(
         vision_feature_layer=int(original.get("mm_vision_select_layer", -1)),
         vision_feature_select_strategy=SELECT_FEATURE[feature],
@@ -100,8 +114,17 @@ def image_processor_settings(vision_folder: Path | None, do_pad: bool) -> dict:
     for key, value in (("size", size), ("crop_size", crop)):
         if value is not None:
             settings[key] = value
-    for key in ("resample", "do_resize", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
-                "image_mean", "image_std", "do_convert_rgb"):
+    for key in (
+        "resample",
+        "do_resize",
+        "do_center_crop",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "do_convert_rgb",
+    ):
         if key in raw:
             settings[key] = raw[key]
     return settings
@@ -124,8 +147,12 @@ def output_dtype(name: str, original: dict, tensors: dict[str, TensorInfo]) -> t
         return declared
     info = tensors.get("model.embed_tokens.weight")
     if info is not None:
-        for key, dtype in (("BF16", torch.bfloat16), ("F16", torch.float16), ("bfloat16", torch.bfloat16),
-                           ("float16", torch.float16)):
+        for key, dtype in (
+            ("BF16", torch.bfloat16),
+            ("F16", torch.float16),
+            ("bfloat16", torch.bfloat16),
+            ("float16", torch.float16),
+        ):
             if key in info.dtype:
                 return dtype
     return torch.float32

@@ -12,9 +12,9 @@ from __future__ import annotations
 import gc
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -70,9 +70,16 @@ def _expand_to_square(image, fill: tuple[int, int, int]):
     return canvas
 
 
-def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorInfo], vision: VisionSource,
-                       weight_dtype: torch.dtype, compute_dtype: torch.dtype, image,
-                       prompts: dict[str, str]) -> dict[str, dict[str, torch.Tensor]]:
+def _reference_outputs(
+    folder: Path,
+    original: dict,
+    tensors: dict[str, TensorInfo],
+    vision: VisionSource,
+    weight_dtype: torch.dtype,
+    compute_dtype: torch.dtype,
+    image,
+    prompts: dict[str, str],
+) -> dict[str, dict[str, torch.Tensor]]:
     """Routing weights, post-MoE features and last-token logits computed straight from the original tensors:
     transformers' CLIPVisionModel and Qwen2ForCausalLM loaded from the original keys, projector and the per-expert
     MoE loop written out from the paper's equations (§3.2), prompt built by hand (ChatML), image padded to a square by hand."""
@@ -94,8 +101,8 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
     clip_keys = set(clip.state_dict())
     state = {}
     for name, info in vision_tensors.items():
-        inner = name[len(VISION_PREFIX):]
-        key = inner if inner in clip_keys else inner[len("vision_model."):]
+        inner = name[len(VISION_PREFIX) :]
+        key = inner if inner in clip_keys else inner[len("vision_model.") :]
         if key in clip_keys:
             state[key] = load(info)
     clip.load_state_dict(state, strict=True, assign=True)
@@ -103,20 +110,27 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
     # non-persistent buffers were never materialised on the meta device
     for module in clip.modules():
         if hasattr(module, "position_ids") and module.position_ids.is_meta:
-            module.register_buffer("position_ids", torch.arange(module.num_positions).expand((1, -1)),
-                                   persistent=False)
+            module.register_buffer(
+                "position_ids", torch.arange(module.num_positions).expand((1, -1)), persistent=False
+            )
 
     proc_path = vision.folder / "preprocessor_config.json"
     proc_raw = read_json(proc_path, "vision tower") if proc_path.is_file() else {}
-    clip_processor = CLIPImageProcessor(**{k: v for k, v in proc_raw.items()
-                                           if k not in ("image_processor_type", "feature_extractor_type",
-                                                        "processor_class")})
+    clip_processor = CLIPImageProcessor(
+        **{
+            k: v
+            for k, v in proc_raw.items()
+            if k not in ("image_processor_type", "feature_extractor_type", "processor_class")
+        }
+    )
     picture = image.convert("RGB")
     if original.get("image_aspect_ratio") == "pad":
         picture = _expand_to_square(picture, tuple(int(x * 255) for x in clip_processor.image_mean))
     pixel_values = torch.as_tensor(clip_processor(picture, return_tensors="np")["pixel_values"]).to(compute_dtype)
     with torch.no_grad():
-        hidden = clip(pixel_values, output_hidden_states=True).hidden_states[original.get("mm_vision_select_layer", -1)]
+        hidden = clip(pixel_values, output_hidden_states=True).hidden_states[
+            original.get("mm_vision_select_layer", -1)
+        ]
     if original.get("mm_vision_select_feature", "patch") == "patch":
         hidden = hidden[:, 1:]
     del clip, state
@@ -126,13 +140,16 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
     w2, b2 = load(tensors["model.mm_projector.2.weight"]), load(tensors["model.mm_projector.2.bias"])
     with torch.no_grad():
         projected = torch.nn.functional.linear(
-            torch.nn.functional.gelu(torch.nn.functional.linear(hidden, w0, b0)), w2, b2)[0]  # (L, D)
+            torch.nn.functional.gelu(torch.nn.functional.linear(hidden, w0, b0)), w2, b2
+        )[0]  # (L, D)
 
     # MoE weights, per expert as in the original
     num_experts = int(original["num_experts"])
     gate = load(tensors["model.moe_model.gate.weight"])
-    experts = [{p: load(tensors[f"model.moe_model.experts.{e}.{p}.weight"]) for p in ("gate_proj", "up_proj", "down_proj")}
-               for e in range(num_experts)]
+    experts = [
+        {p: load(tensors[f"model.moe_model.experts.{e}.{p}.weight"]) for p in ("gate_proj", "up_proj", "down_proj")}
+        for e in range(num_experts)
+    ]
 
     # LLM
     qwen_kwargs = {k: v for k, v in original.items() if k not in ("model_type", "architectures", "auto_map")}
@@ -181,16 +198,29 @@ def _reference_outputs(folder: Path, original: dict, tensors: dict[str, TensorIn
                 features = mixed
             inputs = torch.cat([embed(ids_before), features, embed(ids_after)])[None]
             logits = llm(inputs_embeds=inputs).logits[0, -1]
-        results[lang] = {"routing": routing, "features": features, "logits": logits,
-                         "ids_before": ids_before, "ids_after": ids_after}
+        results[lang] = {
+            "routing": routing,
+            "features": features,
+            "logits": logits,
+            "ids_before": ids_before,
+            "ids_after": ids_after,
+        }
     del llm, experts
     gc.collect()
     return results
 
 
-def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_tower: str | None = None,
-           compute_dtype: str = "auto", image=None, prompts: dict[str, str] | None = None,
-           tolerance: float | None = None, log: Callable[[str], None] = print) -> VerifyReport:
+def verify(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    vision_tower: str | None = None,
+    compute_dtype: str = "auto",
+    image=None,
+    prompts: dict[str, str] | None = None,
+    tolerance: float | None = None,
+    log: Callable[[str], None] = print,
+) -> VerifyReport:
     """Compare the converted model in ``output`` with an independent forward over the input checkpoint.
 
     The reference runs first and is freed before the converted model is loaded, so peak memory is about one model in
@@ -246,10 +276,14 @@ def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_t
         with torch.no_grad():
             out = model(**inputs, output_router_logits=True)
         vocab = ref["logits"].shape[-1]
-        pairs = [("image_features", out.moe_image_features[0].float(), ref["features"].float()),
-                 ("last_token_logits", out.logits[0, -1, :vocab].float(), ref["logits"].float())]
+        pairs = [
+            ("image_features", out.moe_image_features[0].float(), ref["features"].float()),
+            ("last_token_logits", out.logits[0, -1, :vocab].float(), ref["logits"].float()),
+        ]
         if ref["routing"] is not None:
-            pairs.insert(0, ("routing_weights", torch.softmax(out.router_logits[0].float(), -1), ref["routing"].float()))
+            pairs.insert(
+                0, ("routing_weights", torch.softmax(out.router_logits[0].float(), -1), ref["routing"].float())
+            )
         for name, got, want in pairs:
             if got.shape != want.shape:
                 failures.append(f"[{lang}] {name}: shape {tuple(got.shape)} != reference {tuple(want.shape)}")
@@ -260,7 +294,9 @@ def verify(input_path: str | os.PathLike, output: str | os.PathLike, *, vision_t
             if not diff <= tolerance * scale:
                 failures.append(f"[{lang}] {name}: max |diff| {diff:.3e} > {tolerance:.1e} x {scale:.3g}")
         top1 += int(out.logits[0, -1, :vocab].argmax() == ref["logits"].argmax())
-        log(f"  [{lang}] routing {[round(float(x), 4) for x in (ref['routing'] if ref['routing'] is not None else [])]}")
+        log(
+            f"  [{lang}] routing {[round(float(x), 4) for x in (ref['routing'] if ref['routing'] is not None else [])]}"
+        )
     del model
     report = VerifyReport(max_diffs, {"relative": tolerance}, top1, len(prompts), failures)
     for name, value in max_diffs.items():

@@ -94,8 +94,14 @@ def _stack(parts: dict[tuple[int, Op], torch.Tensor], num_experts: int) -> torch
     return torch.stack([torch.cat([parts[(e, Op.STACK_GATE)], parts[(e, Op.STACK_UP)]]) for e in range(num_experts)])
 
 
-def stream_weights(tensors: dict[str, TensorInfo], plan: dict[str, Piece], writer: ShardWriter, dtype: torch.dtype,
-                   num_experts: int, target_rows: int) -> None:
+def stream_weights(
+    tensors: dict[str, TensorInfo],
+    plan: dict[str, Piece],
+    writer: ShardWriter,
+    dtype: torch.dtype,
+    num_experts: int,
+    target_rows: int,
+) -> None:
     """Apply the plan to every input tensor, one in memory at a time (experts: until their stack is complete)."""
     reader = TensorReader()
     parts_needed = Counter(piece.target for piece in plan.values() if piece.expert is not None)

@@ -11,6 +11,18 @@ from .data import heldout_rows, render, write_test_tsvs, write_training_data
 from .model import DemoModelConfig, build_demo_model
 from .run import TARGET_ACCURACY, DemoSettings, build_parser, main, routing_summary, run_demo
 
-__all__ = ["LANGUAGES", "TARGET_ACCURACY", "DemoModelConfig", "DemoSettings", "build_demo_model", "build_parser",
-           "main", "render", "routing_summary", "run_demo", "heldout_rows", "write_test_tsvs",
-           "write_training_data"]
+__all__ = [
+    "LANGUAGES",
+    "TARGET_ACCURACY",
+    "DemoModelConfig",
+    "DemoSettings",
+    "build_demo_model",
+    "build_parser",
+    "main",
+    "render",
+    "routing_summary",
+    "run_demo",
+    "heldout_rows",
+    "write_test_tsvs",
+    "write_training_data",
+]

@@ -31,8 +31,12 @@ KINDS = ("colour", "shape", "count", "position")
 LETTERS = "ABCD"
 
 COLOURS = {  # name -> RGB; clean, well separated hues on a white background
-    "red": (220, 30, 30), "blue": (30, 70, 230), "green": (30, 160, 50),
-    "yellow": (240, 200, 0), "orange": (250, 130, 0), "purple": (140, 40, 190),
+    "red": (220, 30, 30),
+    "blue": (30, 70, 230),
+    "green": (30, 160, 50),
+    "yellow": (240, 200, 0),
+    "orange": (250, 130, 0),
+    "purple": (140, 40, 190),
 }
 SHAPES = ("circle", "square", "triangle", "star")
 COUNTS = (1, 2, 3, 4)
@@ -41,36 +45,138 @@ IMAGE_SIZE = 48  # px
 
 # Answer words per language (mostly the words the bundled tiny tokenizer was trained on).
 WORDS: dict[str, dict[str, str]] = {
-    "en": {"red": "red", "blue": "blue", "green": "green", "yellow": "yellow", "orange": "orange",
-           "purple": "purple", "circle": "circle", "square": "square", "triangle": "triangle", "star": "star",
-           1: "one", 2: "two", 3: "three", 4: "four",
-           "left": "left", "right": "right", "top": "top", "bottom": "bottom"},
-    "zh": {"red": "红色", "blue": "蓝色", "green": "绿色", "yellow": "黄色", "orange": "橙色", "purple": "紫色",
-           "circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形",
-           1: "一个", 2: "两个", 3: "三个", 4: "四个",
-           "left": "左边", "right": "右边", "top": "上面", "bottom": "下面"},
-    "pt": {"red": "vermelho", "blue": "azul", "green": "verde", "yellow": "amarelo", "orange": "laranja",
-           "purple": "roxo", "circle": "círculo", "square": "quadrado", "triangle": "triângulo", "star": "estrela",
-           1: "um", 2: "dois", 3: "três", 4: "quatro",
-           "left": "esquerda", "right": "direita", "top": "cima", "bottom": "baixo"},
-    "ar": {"red": "أحمر", "blue": "أزرق", "green": "أخضر", "yellow": "أصفر", "orange": "برتقالي",
-           "purple": "بنفسجي", "circle": "دائرة", "square": "مربع", "triangle": "مثلث", "star": "نجمة",
-           1: "واحد", 2: "اثنان", 3: "ثلاثة", 4: "أربعة",
-           "left": "اليسار", "right": "اليمين", "top": "الأعلى", "bottom": "الأسفل"},
-    "tr": {"red": "kırmızı", "blue": "mavi", "green": "yeşil", "yellow": "sarı", "orange": "turuncu",
-           "purple": "mor", "circle": "daire", "square": "kare", "triangle": "üçgen", "star": "yıldız",
-           1: "bir", 2: "iki", 3: "üç", 4: "dört",
-           "left": "sol", "right": "sağ", "top": "üst", "bottom": "alt"},
-    "ru": {"red": "красный", "blue": "синий", "green": "зелёный", "yellow": "жёлтый", "orange": "оранжевый",
-           "purple": "фиолетовый", "circle": "круг", "square": "квадрат", "triangle": "треугольник",
-           "star": "звезда", 1: "один", 2: "два", 3: "три", 4: "четыре",
-           "left": "слева", "right": "справа", "top": "сверху", "bottom": "снизу"},
+    "en": {
+        "red": "red",
+        "blue": "blue",
+        "green": "green",
+        "yellow": "yellow",
+        "orange": "orange",
+        "purple": "purple",
+        "circle": "circle",
+        "square": "square",
+        "triangle": "triangle",
+        "star": "star",
+        1: "one",
+        2: "two",
+        3: "three",
+        4: "four",
+        "left": "left",
+        "right": "right",
+        "top": "top",
+        "bottom": "bottom",
+    },
+    "zh": {
+        "red": "红色",
+        "blue": "蓝色",
+        "green": "绿色",
+        "yellow": "黄色",
+        "orange": "橙色",
+        "purple": "紫色",
+        "circle": "圆形",
+        "square": "正方形",
+        "triangle": "三角形",
+        "star": "星形",
+        1: "一个",
+        2: "两个",
+        3: "三个",
+        4: "四个",
+        "left": "左边",
+        "right": "右边",
+        "top": "上面",
+        "bottom": "下面",
+    },
+    "pt": {
+        "red": "vermelho",
+        "blue": "azul",
+        "green": "verde",
+        "yellow": "amarelo",
+        "orange": "laranja",
+        "purple": "roxo",
+        "circle": "círculo",
+        "square": "quadrado",
+        "triangle": "triângulo",
+        "star": "estrela",
+        1: "um",
+        2: "dois",
+        3: "três",
+        4: "quatro",
+        "left": "esquerda",
+        "right": "direita",
+        "top": "cima",
+        "bottom": "baixo",
+    },
+    "ar": {
+        "red": "أحمر",
+        "blue": "أزرق",
+        "green": "أخضر",
+        "yellow": "أصفر",
+        "orange": "برتقالي",
+        "purple": "بنفسجي",
+        "circle": "دائرة",
+        "square": "مربع",
+        "triangle": "مثلث",
+        "star": "نجمة",
+        1: "واحد",
+        2: "اثنان",
+        3: "ثلاثة",
+        4: "أربعة",
+        "left": "اليسار",
+        "right": "اليمين",
+        "top": "الأعلى",
+        "bottom": "الأسفل",
+    },
+    "tr": {
+        "red": "kırmızı",
+        "blue": "mavi",
+        "green": "yeşil",
+        "yellow": "sarı",
+        "orange": "turuncu",
+        "purple": "mor",
+        "circle": "daire",
+        "square": "kare",
+        "triangle": "üçgen",
+        "star": "yıldız",
+        1: "bir",
+        2: "iki",
+        3: "üç",
+        4: "dört",
+        "left": "sol",
+        "right": "sağ",
+        "top": "üst",
+        "bottom": "alt",
+    },
+    "ru": {
+        "red": "красный",
+        "blue": "синий",
+        "green": "зелёный",
+        "yellow": "жёлтый",
+        "orange": "оранжевый",
+        "purple": "фиолетовый",
+        "circle": "круг",
+        "square": "квадрат",
+        "triangle": "треугольник",
+        "star": "звезда",
+        1: "один",
+        2: "два",
+        3: "три",
+        4: "четыре",
+        "left": "слева",
+        "right": "справа",
+        "top": "сверху",
+        "bottom": "снизу",
+    },
 }
 
 # Short descriptions: stage 1 aligns on English ones (as the paper's captions), stage 2 has them in every language
 # (as its multilingual descriptions): each names every attribute of the picture, so one sample teaches them all.
-CAPTION_PROMPTS = {"en": "Describe the image briefly.", "zh": "简要描述这张图片。", "pt": "Descreva a imagem brevemente.",
-                   "ar": "صف الصورة باختصار.", "tr": "Resmi kısaca açıklayın.", "ru": "Кратко опишите изображение."}
+CAPTION_PROMPTS = {
+    "en": "Describe the image briefly.",
+    "zh": "简要描述这张图片。",
+    "pt": "Descreva a imagem brevemente.",
+    "ar": "صف الصورة باختصار.",
+    "tr": "Resmi kısaca açıklayın.",
+    "ru": "Кратко опишите изображение.",
+}
 
 
 @dataclass(frozen=True)
@@ -131,8 +237,12 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
         r = size * 0.28
         along = size / 2 + rng.uniform(-0.05, 0.05) * size
         edge = size * 0.27
-        cx, cy = {"left": (edge, along), "right": (size - edge, along),
-                  "top": (along, edge), "bottom": (along, size - edge)}[scene.position]
+        cx, cy = {
+            "left": (edge, along),
+            "right": (size - edge, along),
+            "top": (along, edge),
+            "bottom": (along, size - edge),
+        }[scene.position]
         _draw_shape(draw, scene.shape, cx, cy, r, fill)
         return image
     half = size / 2
@@ -175,8 +285,9 @@ def _png(image: Image.Image, path: Path) -> None:
     image.save(path, format="PNG", optimize=False, compress_level=1)
 
 
-def instruction(rng: random.Random, scene: Scene, kind: str, language: str, caption_ratio: float,
-                mc_ratio: float) -> tuple[str, str, str, str]:
+def instruction(
+    rng: random.Random, scene: Scene, kind: str, language: str, caption_ratio: float, mc_ratio: float
+) -> tuple[str, str, str, str]:
     """(prompt, answer, style, kind asked) about `scene` in `language`: a description with probability
     `caption_ratio`, else a question about `kind`: Parrot's multiple-choice prompt with probability `mc_ratio`
     (exactly the evaluation prompt, options shuffled, answered with the right option's text: parrot-eval scores an
@@ -191,14 +302,29 @@ def instruction(rng: random.Random, scene: Scene, kind: str, language: str, capt
 
 def _sample(sample_id: str, image: str | None, prompt: str, answer: str, **extra) -> dict:
     human = f"<image>\n{prompt}" if image else prompt
-    return {"id": sample_id, **({"image": image} if image else {}), **extra,
-            "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": sample_id,
+        **({"image": image} if image else {}),
+        **extra,
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": answer}],
+    }
 
 
-def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_samples: int,
-                        languages=LANGUAGES, mc_ratio: float = 0.75, caption_ratio: float = 0.3,
-                        questions_per_image: int = 2, stage1_questions: bool = False, stage1_text_ratio: float = 0.0,
-                        stage1_text_in_english: bool = False, image_size: int = IMAGE_SIZE, on_image=None) -> dict:
+def write_training_data(
+    folder: str | Path,
+    seed: int,
+    num_images: int,
+    stage1_samples: int,
+    languages=LANGUAGES,
+    mc_ratio: float = 0.75,
+    caption_ratio: float = 0.3,
+    questions_per_image: int = 2,
+    stage1_questions: bool = False,
+    stage1_text_ratio: float = 0.0,
+    stage1_text_in_english: bool = False,
+    image_size: int = IMAGE_SIZE,
+    on_image=None,
+) -> dict:
     """Write `num_images` PNGs and two LLaVA JSON files:
 
     - ``stage1.json``, the English-centric alignment: an English description of each of the first `stage1_samples`
@@ -248,9 +374,13 @@ def write_training_data(folder: str | Path, seed: int, num_images: int, stage1_s
     rng.shuffle(stage2)
     (folder / "stage1.json").write_text(json.dumps(stage1, ensure_ascii=False), encoding="utf-8")
     (folder / "stage2.json").write_text(json.dumps(stage2, ensure_ascii=False), encoding="utf-8")
-    return {"images": num_images, "stage1_samples": len(stage1), "stage2_samples": len(stage2),
-            "stage1_text_only": sum(1 for row in stage1 if "image" not in row),
-            "stage2_by_language_kind_style": dict(sorted(counts.items()))}
+    return {
+        "images": num_images,
+        "stage1_samples": len(stage1),
+        "stage2_samples": len(stage2),
+        "stage1_text_only": sum(1 for row in stage1 if "image" not in row),
+        "stage2_by_language_kind_style": dict(sorted(counts.items())),
+    }
 
 
 def _b64(image: Image.Image) -> str:
@@ -268,13 +398,27 @@ def heldout_rows(seed: int, language: str, per_kind: int, image_size: int = IMAG
         kind = KINDS[n % len(KINDS)]
         scene = random_scene(rng, kind)
         question, options, letter = mc_item(rng, scene, kind, language)
-        rows.append({"index": n, "question": question, **options, "answer": letter, "category": kind,
-                     "image": _b64(render(scene, image_size))})
+        rows.append(
+            {
+                "index": n,
+                "question": question,
+                **options,
+                "answer": letter,
+                "category": kind,
+                "image": _b64(render(scene, image_size)),
+            }
+        )
     return rows
 
 
-def write_test_tsvs(folder: str | Path, seed: int, per_kind: int, languages=LANGUAGES, image_size: int = IMAGE_SIZE,
-                    stem: str = "parrot_demo") -> list[Path]:
+def write_test_tsvs(
+    folder: str | Path,
+    seed: int,
+    per_kind: int,
+    languages=LANGUAGES,
+    image_size: int = IMAGE_SIZE,
+    stem: str = "parrot_demo",
+) -> list[Path]:
     """One MMMB-format TSV per language: ``{stem}_{code}.tsv`` (file code "cn" for Chinese, as MMMB's files)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,8 +427,13 @@ def write_test_tsvs(folder: str | Path, seed: int, per_kind: int, languages=LANG
         path = folder / f"{stem}_{FILE_CODES[language]}.tsv"
         rows = heldout_rows(seed, language, per_kind, image_size)
         with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["index", "question", *LETTERS, "answer", "category", "image"],
-                                    delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+            writer = csv.DictWriter(
+                handle,
+                fieldnames=["index", "question", *LETTERS, "answer", "category", "image"],
+                delimiter="\t",
+                quoting=csv.QUOTE_MINIMAL,
+                lineterminator="\n",
+            )
             writer.writeheader()
             writer.writerows(rows)
         paths.append(path)

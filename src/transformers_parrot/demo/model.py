@@ -37,15 +37,31 @@ def build_demo_model(seed: int = 0, sizes: DemoModelConfig | None = None):
 
     sizes = sizes or DemoModelConfig()
     processor = tiny_processor(image_size=sizes.image_size, patch_size=sizes.patch_size)
-    vision = {"hidden_size": sizes.vision_hidden, "intermediate_size": 2 * sizes.vision_hidden,
-              "num_hidden_layers": sizes.vision_layers, "num_attention_heads": sizes.vision_heads,
-              "image_size": sizes.image_size, "patch_size": sizes.patch_size, "projection_dim": sizes.vision_hidden}
-    text = {"hidden_size": sizes.text_hidden, "intermediate_size": 2 * sizes.text_hidden,
-            "num_hidden_layers": sizes.text_layers, "num_attention_heads": sizes.text_heads,
-            "num_key_value_heads": sizes.text_kv_heads, "max_position_embeddings": 512}
-    config = config_for_processor(processor, vision_config=vision, text_config=text,
-                                  num_experts=sizes.num_experts, moe_intermediate_size=sizes.moe_intermediate_size,
-                                  use_moe=False)
+    vision = {
+        "hidden_size": sizes.vision_hidden,
+        "intermediate_size": 2 * sizes.vision_hidden,
+        "num_hidden_layers": sizes.vision_layers,
+        "num_attention_heads": sizes.vision_heads,
+        "image_size": sizes.image_size,
+        "patch_size": sizes.patch_size,
+        "projection_dim": sizes.vision_hidden,
+    }
+    text = {
+        "hidden_size": sizes.text_hidden,
+        "intermediate_size": 2 * sizes.text_hidden,
+        "num_hidden_layers": sizes.text_layers,
+        "num_attention_heads": sizes.text_heads,
+        "num_key_value_heads": sizes.text_kv_heads,
+        "max_position_embeddings": 512,
+    }
+    config = config_for_processor(
+        processor,
+        vision_config=vision,
+        text_config=text,
+        num_experts=sizes.num_experts,
+        moe_intermediate_size=sizes.moe_intermediate_size,
+        use_moe=False,
+    )
     torch.manual_seed(seed)
     model = ParrotForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id

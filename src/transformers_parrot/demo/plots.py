@@ -3,8 +3,8 @@ switch, so the demo is safe to call from notebooks and GUI applications."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 CHANCE = 25.0  # 4-way multiple choice
 
@@ -34,16 +34,24 @@ def plot_routing(routing: Mapping[str, Sequence[float]], path: Path) -> None:
     ax.set_yticks(range(len(languages)), languages)
     for i in range(matrix.shape[0]):
         for j in range(experts):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] < 0.6 * matrix.max() else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] < 0.6 * matrix.max() else "black",
+            )
     ax.set_title(f"Mean MoE routing weight per language (uniform = {1 / experts:.2f})")
     bar = fig.colorbar(image, ax=ax, fraction=0.04)
     bar.ax.axhline(1 / experts, color="red", linewidth=1)
     _save(fig, path)
 
 
-def plot_accuracy(accuracy_by_kind: Mapping[str, Mapping[str, float]], accuracy: Mapping[str, float],
-                  path: Path, target: float) -> None:
+def plot_accuracy(
+    accuracy_by_kind: Mapping[str, Mapping[str, float]], accuracy: Mapping[str, float], path: Path, target: float
+) -> None:
     """Grouped bars: held-out accuracy per language, one bar per question kind plus the overall score."""
     import numpy as np
 
@@ -56,8 +64,13 @@ def plot_accuracy(accuracy_by_kind: Mapping[str, Mapping[str, float]], accuracy:
     width = 0.8 / len(series)
     x = np.arange(len(languages))
     for i, (name, values) in enumerate(series):
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name,
-                      color="#1f3b73" if name == "overall" else None)
+        bars = ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            label=name,
+            color="#1f3b73" if name == "overall" else None,
+        )
         if name == "overall":
             for bar, value in zip(bars, values):
                 ax.text(bar.get_x() + bar.get_width() / 2, value + 1, f"{value:.0f}", ha="center", fontsize=7)

@@ -66,24 +66,24 @@ class DemoSettings:
     stage2_steps: int = 1600
     batch_size: int = 32
     stage1_lr: float = 1e-3
-    stage2_lr: float = 3e-3      # stage 2: projector + MoE, and the LLM + tower unless stage2_llm_lr is set
+    stage2_lr: float = 3e-3  # stage 2: projector + MoE, and the LLM + tower unless stage2_llm_lr is set
     stage2_llm_lr: float | None = 1e-4  # stage 2: the LLM and the vision tower (None: stage2_lr)
-    router_lr: float = 0.2      # stage 2, the MoE's router alone: its input (an average of word embeddings) has norm
-                                # ~0.06 here, so at 1e-3 its logits spread by ~0.01 after 1000 steps: uniform routing
+    router_lr: float = 0.2  # stage 2, the MoE's router alone: its input (an average of word embeddings) has norm
+    # ~0.06 here, so at 1e-3 its logits spread by ~0.01 after 1000 steps: uniform routing
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    images: int = 16000          # training images (each gets `questions_per_image` stage-2 samples)
+    images: int = 16000  # training images (each gets `questions_per_image` stage-2 samples)
     questions_per_image: int = 2
     caption_ratio: float = 0.3  # share of stage-2 samples that are descriptions in the sample's language
     stage1_questions: bool = True  # stage 1: an English question about each image besides its description
     stage1_text_ratio: float = 1.0  # stage 1: text-only samples in every language per image (MLAN's language data)
     stage1_text_in_english: bool = True  # ... their scene written in English, the question and answer not
-    mc_ratio: float = 0.75      # share of stage-2 questions in Parrot's multiple-choice format
-    test_per_kind: int = 25     # held-out MC questions per kind and language (4 kinds)
+    mc_ratio: float = 0.75  # share of stage-2 questions in Parrot's multiple-choice format
+    test_per_kind: int = 25  # held-out MC questions per kind and language (4 kinds)
     eval_batch_size: int = 64
-    threads: int | None = 0    # 0: torch's default (all cores); 1 helps on a machine busy with other jobs
+    threads: int | None = 0  # 0: torch's default (all cores); 1 helps on a machine busy with other jobs
     progress: bool = True
-    smoke_test: bool = False    # --quick: checks the code path only, the model is not trained long enough to answer
+    smoke_test: bool = False  # --quick: checks the code path only, the model is not trained long enough to answer
     model: DemoModelConfig = field(default_factory=DemoModelConfig)
 
     @property
@@ -93,10 +93,18 @@ class DemoSettings:
 
 # `--fast_llm`: the earlier default. Stage 1 on English descriptions only, stage 2 trains everything at 1e-3: as
 # accurate (five seeds 98-100 %), but any fixed routing changes no answer by more than a point (README).
-FAST_LLM = dict(stage1_steps=300, stage2_steps=1000, stage1_questions=False, stage1_text_ratio=0.0,
-                stage1_text_in_english=False, stage2_lr=1e-3, stage2_llm_lr=None)
-QUICK = dict(stage1_steps=3, stage2_steps=12, batch_size=8, images=60, test_per_kind=2, eval_batch_size=48,
-             smoke_test=True)
+FAST_LLM = dict(
+    stage1_steps=300,
+    stage2_steps=1000,
+    stage1_questions=False,
+    stage1_text_ratio=0.0,
+    stage1_text_in_english=False,
+    stage2_lr=1e-3,
+    stage2_llm_lr=None,
+)
+QUICK = dict(
+    stage1_steps=3, stage2_steps=12, batch_size=8, images=60, test_per_kind=2, eval_batch_size=48, smoke_test=True
+)
 
 
 def set_determinism(seed: int, threads: int | None) -> None:
@@ -169,17 +177,36 @@ def _sft_config(settings: DemoSettings, stage: int, output_dir: Path):
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
     return ParrotSFTConfig(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.stage1_lr if stage == 1 else settings.stage2_llm_lr or settings.stage2_lr,
-        lr_scheduler_type="cosine", weight_decay=settings.weight_decay,
-        seed=settings.seed, data_seed=settings.seed, bf16=False, use_cpu=True, dataloader_num_workers=0,
-        report_to="none", save_strategy="no", logging_steps=max(1, min(10, steps // 10)), disable_tqdm=True,
+        lr_scheduler_type="cosine",
+        weight_decay=settings.weight_decay,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=False,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, min(10, steps // 10)),
+        disable_tqdm=True,
         **training_arguments_kwargs(warmup_ratio=settings.warmup_ratio, checkpointing=False),
     )
 
 
-def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Path, number: int, *,
-                 model=None, processor=None, model_dir: Path | None = None) -> list[dict]:
+def _train_stage(
+    settings: DemoSettings,
+    stage: int,
+    data: Path,
+    output_dir: Path,
+    number: int,
+    *,
+    model=None,
+    processor=None,
+    model_dir: Path | None = None,
+) -> list[dict]:
     """Train one stage with the library's `train_sft` (stage 1 on the in-memory `model`, stage 2 from the
     checkpoint in `model_dir`); saves to `output_dir` and returns the trainer's log, tagged with the stage."""
     from trl import ModelConfig
@@ -189,22 +216,34 @@ def _train_stage(settings: DemoSettings, stage: int, data: Path, output_dir: Pat
 
     steps = settings.stage1_steps if stage == 1 else settings.stage2_steps
     if stage == 1:
-        what = ("vision tower + projector + LLM on English descriptions"
-                + (" and questions" if settings.stage1_questions else "")
-                + (", text in every language" if settings.stage1_text_ratio else "") + ", MoE bypassed")
+        what = (
+            "vision tower + projector + LLM on English descriptions"
+            + (" and questions" if settings.stage1_questions else "")
+            + (", text in every language" if settings.stage1_text_ratio else "")
+            + ", MoE bypassed"
+        )
     else:
         what = "everything, MoE on, on multilingual descriptions and questions"
     progress = _Stage(settings, number, f"stage {stage} ({what})", steps, "step")
     script_args = ParrotScriptArguments(
-        stage=stage, datasets=[str(data / f"stage{stage}.json")], image_folders=[str(data / "images")],
+        stage=stage,
+        datasets=[str(data / f"stage{stage}.json")],
+        image_folders=[str(data / "images")],
         check_images=False,  # the demo just wrote them
-        train_vision=True, train_llm=True,  # nothing is pretrained here: the tower and the LLM learn too
+        train_vision=True,
+        train_llm=True,  # nothing is pretrained here: the tower and the LLM learn too
         multimodal_lr=settings.stage2_lr if stage == 2 and settings.stage2_llm_lr is not None else None,
         router_lr=settings.router_lr if stage == 2 else None,
     )
     model_args = ModelConfig(model_name_or_path=str(model_dir)) if model_dir is not None else None
-    trainer = train_sft(script_args, _sft_config(settings, stage, output_dir), model_args, model=model,
-                        processor=processor, before_train=_trainer_progress(progress))
+    trainer = train_sft(
+        script_args,
+        _sft_config(settings, stage, output_dir),
+        model_args,
+        model=model,
+        processor=processor,
+        before_train=_trainer_progress(progress),
+    )
     log = [{"stage": stage, **entry} for entry in trainer.state.log_history]
     loss = next((e["loss"] for e in reversed(log) if "loss" in e), float("nan"))
     progress.close(f"{steps} steps, final loss {loss:.3f}")
@@ -222,8 +261,9 @@ def routing_by_language(model, processor, test_files: dict, per_language: int = 
     for language, path in test_files.items():
         samples, _ = load_tsv(path, language)
         samples = samples[:per_language]
-        weights = routing_weights(model, processor, [s.load_image() for s in samples],
-                                  [build_sample_prompt(s) for s in samples])
+        weights = routing_weights(
+            model, processor, [s.load_image() for s in samples], [build_sample_prompt(s) for s in samples]
+        )
         out[language] = weights.mean(0).tolist()
     return out
 
@@ -238,7 +278,7 @@ def routing_summary(routing: dict[str, list[float]]) -> dict:
     def tv(p, q):
         return 0.5 * sum(abs(a - b) for a, b in zip(p, q))
 
-    pairs = [tv(routing[a], routing[b]) for i, a in enumerate(languages) for b in languages[i + 1:]]
+    pairs = [tv(routing[a], routing[b]) for i, a in enumerate(languages) for b in languages[i + 1 :]]
     return {
         "uniform_weight": uniform,
         "max_abs_deviation_from_uniform": max(abs(w - uniform) for ws in routing.values() for w in ws),
@@ -249,8 +289,9 @@ def routing_summary(routing: dict[str, list[float]]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- reporting
-def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: Path, accuracy: dict,
-                wall: float) -> None:
+def _model_card(
+    model_dir: Path, settings: DemoSettings, config, eval_results: Path, accuracy: dict, wall: float
+) -> None:
     from ..modelcard import write_model_card
 
     table = "\n".join(f"| {lang} | {acc:.1f} |" for lang, acc in accuracy.items())
@@ -261,9 +302,14 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
         f"- stage 1 (vision tower + projector + LLM, MoE bypassed): {settings.stage1_steps} steps, "
         f"LR {settings.stage1_lr}, English descriptions"
         + (" and questions" if settings.stage1_questions else "")
-        + (f", text-only samples in every language ({settings.stage1_text_ratio:g} per image"
-           + (", the scene written in English" if settings.stage1_text_in_english else "") + ")"
-           if settings.stage1_text_ratio else "") + "\n"
+        + (
+            f", text-only samples in every language ({settings.stage1_text_ratio:g} per image"
+            + (", the scene written in English" if settings.stage1_text_in_english else "")
+            + ")"
+            if settings.stage1_text_ratio
+            else ""
+        )
+        + "\n"
         f"- stage 2 (everything, MoE on): {settings.stage2_steps} steps, LR {settings.stage2_lr} for projector + MoE "
         f"(the MoE's router {settings.router_lr}), {settings.stage2_llm_lr or settings.stage2_lr} for the LLM and the "
         "vision tower; "
@@ -273,13 +319,25 @@ def _model_card(model_dir: Path, settings: DemoSettings, config, eval_results: P
         f"- batch {settings.batch_size}, cosine schedule, warmup {settings.warmup_ratio:.0%}, seed {settings.seed}; "
         f"whole run {wall:.0f} s on CPU\n\n"
         "Held-out accuracy (4-way multiple choice, chance 25%):\n\n| language | accuracy |\n|---|---|\n"
-        + table + "\n\nA toy model for trying the code path end to end: it only knows this synthetic task."
-        + ("\n\n**Smoke test** (`parrot-demo --quick`): trained for a few steps only; it does not answer."
-           if settings.smoke_test else "")
+        + table
+        + "\n\nA toy model for trying the code path end to end: it only knows this synthetic task."
+        + (
+            "\n\n**Smoke test** (`parrot-demo --quick`): trained for a few steps only; it does not answer."
+            if settings.smoke_test
+            else ""
+        )
     )
-    write_model_card(model_dir, config=config, model_name="parrot-demo", repo_id="parrot-demo",
-                     license="apache-2.0", results=eval_results, training=training,
-                     languages=list(settings.languages), tags=["parrot-demo", "synthetic"])
+    write_model_card(
+        model_dir,
+        config=config,
+        model_name="parrot-demo",
+        repo_id="parrot-demo",
+        license="apache-2.0",
+        results=eval_results,
+        training=training,
+        languages=list(settings.languages),
+        tags=["parrot-demo", "synthetic"],
+    )
 
 
 def summary_table(accuracy: dict, by_kind: dict, routing: dict, timings: dict) -> str:
@@ -291,24 +349,32 @@ def summary_table(accuracy: dict, by_kind: dict, routing: dict, timings: dict) -
     languages = list(accuracy)
     kinds = sorted({k for per in by_kind.values() for k in per})
     width = max(9, *(len(k) for k in kinds))
-    lines = ["held-out accuracy (%, 4-way multiple choice, chance 25):",
-             " " * width + "".join(f"{lang:>7}" for lang in languages)]
+    lines = [
+        "held-out accuracy (%, 4-way multiple choice, chance 25):",
+        " " * width + "".join(f"{lang:>7}" for lang in languages),
+    ]
     for kind in kinds:
-        lines.append(f"{kind:<{width}}" + "".join(f"{by_kind[lang].get(kind, float('nan')):7.1f}"
-                                                  for lang in languages))
+        lines.append(
+            f"{kind:<{width}}" + "".join(f"{by_kind[lang].get(kind, float('nan')):7.1f}" for lang in languages)
+        )
     lines.append(f"{'overall':<{width}}" + "".join(f"{accuracy[lang]:7.1f}" for lang in languages))
     summary = routing_summary(routing)
-    lines += ["", f"mean MoE routing weight per expert (uniform = {summary['uniform_weight']:.3f}):",
-              format_routing(torch.tensor([routing[lang] for lang in routing]), list(routing)),
-              "distance from uniform (total variation): "
-              + ", ".join(f"{lang} {d:.3f}" for lang, d in summary["tv_from_uniform"].items())
-              + f"; between languages (mean pairwise): {summary['mean_pairwise_tv_between_languages']:.3f}",
-              "", "time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())]
+    lines += [
+        "",
+        f"mean MoE routing weight per expert (uniform = {summary['uniform_weight']:.3f}):",
+        format_routing(torch.tensor([routing[lang] for lang in routing]), list(routing)),
+        "distance from uniform (total variation): "
+        + ", ".join(f"{lang} {d:.3f}" for lang, d in summary["tv_from_uniform"].items())
+        + f"; between languages (mean pairwise): {summary['mean_pairwise_tv_between_languages']:.3f}",
+        "",
+        "time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()),
+    ]
     return "\n".join(lines)
 
 
 def list_outputs(folder: Path, depth: int = 1) -> str:
     """The output folder's contents: files with their sizes, sub-folders with their file count and size."""
+
     def size(n: int) -> str:
         return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{n} B"
 
@@ -318,7 +384,9 @@ def list_outputs(folder: Path, depth: int = 1) -> str:
             indent = "  " * (level + 1)
             if child.is_dir():
                 files = [f for f in child.rglob("*") if f.is_file()]
-                lines.append(f"{indent}{child.name}/  ({len(files)} files, {size(sum(f.stat().st_size for f in files))})")
+                lines.append(
+                    f"{indent}{child.name}/  ({len(files)} files, {size(sum(f.stat().st_size for f in files))})"
+                )
                 if level < depth:
                     lines += walk(child, level + 1)
             else:
@@ -345,36 +413,56 @@ def run_demo(settings: DemoSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     set_determinism(settings.seed, settings.threads)
     if settings.smoke_test:
-        print("[parrot-demo] --quick: a smoke test of the whole code path (seconds). The model trains for "
-              f"{settings.stage2_steps} steps only and is not expected to answer: accuracies near 0 are normal. "
-              "Run without --quick for a model that learns the task.", flush=True)
+        print(
+            "[parrot-demo] --quick: a smoke test of the whole code path (seconds). The model trains for "
+            f"{settings.stage2_steps} steps only and is not expected to answer: accuracies near 0 are normal. "
+            "Run without --quick for a model that learns the task.",
+            flush=True,
+        )
     timings = {}
 
     # 1. data
     data = out / "data"
     stage = _Stage(settings, 1, "data (drawings, questions, held-out TSVs)", settings.images, "img")
-    summary = write_training_data(data, settings.seed, settings.images, settings.stage1_samples,
-                                  languages=settings.languages, mc_ratio=settings.mc_ratio,
-                                  caption_ratio=settings.caption_ratio, stage1_questions=settings.stage1_questions,
-                                  stage1_text_ratio=settings.stage1_text_ratio,
-                                  stage1_text_in_english=settings.stage1_text_in_english,
-                                  questions_per_image=settings.questions_per_image,
-                                  image_size=settings.model.image_size, on_image=stage.update)
-    tsvs = write_test_tsvs(data / "test", settings.seed, settings.test_per_kind, languages=settings.languages,
-                           image_size=settings.model.image_size)
+    summary = write_training_data(
+        data,
+        settings.seed,
+        settings.images,
+        settings.stage1_samples,
+        languages=settings.languages,
+        mc_ratio=settings.mc_ratio,
+        caption_ratio=settings.caption_ratio,
+        stage1_questions=settings.stage1_questions,
+        stage1_text_ratio=settings.stage1_text_ratio,
+        stage1_text_in_english=settings.stage1_text_in_english,
+        questions_per_image=settings.questions_per_image,
+        image_size=settings.model.image_size,
+        on_image=stage.update,
+    )
+    tsvs = write_test_tsvs(
+        data / "test",
+        settings.seed,
+        settings.test_per_kind,
+        languages=settings.languages,
+        image_size=settings.model.image_size,
+    )
     test_files = dict(zip(settings.languages, tsvs))
     timings["data"] = stage.close(
         f"{summary['images']} images, {summary['stage1_samples']} stage-1 samples ({summary['stage1_text_only']} "
         f"text-only), {summary['stage2_samples']} "
-        f"stage-2 instructions; {len(tsvs)} held-out TSVs ({settings.test_per_kind * 4} questions each)")
+        f"stage-2 instructions; {len(tsvs)} held-out TSVs ({settings.test_per_kind * 4} questions each)"
+    )
 
     # 2. + 3. training: the library's SFT recipe, stage 1 then stage 2
     work = out / "work"
     model, processor = build_demo_model(settings.seed, settings.model)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[parrot-demo] a {n_params / 1e6:.2f}M-parameter Parrot built from scratch "
-          f"({settings.model.image_size} px images, {processor.image_seq_length} visual tokens, "
-          f"{settings.model.num_experts} experts)", flush=True)
+    print(
+        f"[parrot-demo] a {n_params / 1e6:.2f}M-parameter Parrot built from scratch "
+        f"({settings.model.image_size} px images, {processor.image_seq_length} visual tokens, "
+        f"{settings.model.num_experts} experts)",
+        flush=True,
+    )
     t = time.perf_counter()
     log = _train_stage(settings, 1, data, work / "stage1", 2, model=model, processor=processor)
     timings["stage 1"] = time.perf_counter() - t
@@ -399,9 +487,18 @@ def run_demo(settings: DemoSettings) -> dict:
     eval_dir = out / "eval"
     n_questions = len(settings.languages) * 4 * settings.test_per_kind
     print(f"[parrot-demo] 4/4 evaluation: {n_questions} held-out questions in {len(tsvs)} languages", flush=True)
-    eval_results = evaluate(model, processor, benchmark=[str(p) for p in tsvs], output_dir=eval_dir,
-                            batch_size=settings.eval_batch_size, max_new_tokens=8, model_name="parrot-demo",
-                            download=False, progress=settings.progress, overwrite=True)
+    eval_results = evaluate(
+        model,
+        processor,
+        benchmark=[str(p) for p in tsvs],
+        output_dir=eval_dir,
+        batch_size=settings.eval_batch_size,
+        max_new_tokens=8,
+        model_name="parrot-demo",
+        download=False,
+        progress=settings.progress,
+        overwrite=True,
+    )
     per_language = eval_results["parrot_demo"]
 
     def entry(language):
@@ -432,8 +529,10 @@ def run_demo(settings: DemoSettings) -> dict:
         "routing_mean_weight": routing,
         "routing_summary": routing_summary(routing),
         "steps": {"stage1": settings.stage1_steps, "stage2": settings.stage2_steps},
-        "final_loss": {str(s): next((e["loss"] for e in reversed(log) if e.get("stage") == s and "loss" in e),
-                                    None) for s in (1, 2)},
+        "final_loss": {
+            str(s): next((e["loss"] for e in reversed(log) if e.get("stage") == s and "loss" in e), None)
+            for s in (1, 2)
+        },
         "parameters": n_params,
         "wall_time_s": round(wall, 1),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -459,33 +558,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="parrot-demo",
         description="Train a small Parrot from scratch on a generated multilingual VQA task (CPU, a few minutes), "
-                    "evaluate it per language and plot its MoE routing per language.")
+        "evaluate it per language and plot its MoE routing per language.",
+    )
     p.add_argument("--output", default=d.output, help=f"output folder (default: {d.output}/)")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"stage-2 optimizer steps (default {d.stage2_steps}; with --quick {QUICK['stage2_steps']})")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"stage-2 optimizer steps (default {d.stage2_steps}; with --quick {QUICK['stage2_steps']})",
+    )
     add_flag(p, "stage1_steps", type=int, default=None, help=f"stage-1 steps (default {d.stage1_steps})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--languages", default=",".join(d.languages),
-                   help=f"comma-separated subset of {','.join(LANGUAGES)} (default: all six)")
-    p.add_argument("--samples", type=int, default=None,
-                   help=f"training images (default {d.images}; each gets {d.questions_per_image} questions)")
-    add_flag(p, "test_per_kind", type=int, default=None,
-                   help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})")
+    p.add_argument(
+        "--languages",
+        default=",".join(d.languages),
+        help=f"comma-separated subset of {','.join(LANGUAGES)} (default: all six)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"training images (default {d.images}; each gets {d.questions_per_image} questions)",
+    )
+    add_flag(
+        p,
+        "test_per_kind",
+        type=int,
+        default=None,
+        help=f"held-out questions per kind (4 kinds) and language (default {d.test_per_kind})",
+    )
     add_flag(p, "batch_size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"stage-2 learning rate of projector + MoE (default {d.stage2_lr}; with --fast_llm "
-                        f"{FAST_LLM['stage2_lr']}, for everything)")
-    add_flag(p, "llm_lr", type=float, default=None,
-             help=f"stage-2 learning rate of the LLM and the vision tower (default {d.stage2_llm_lr})")
-    add_flag(p, "fast_llm", action="store_true",
-             help="the earlier recipe: English descriptions only in stage 1, everything at 1e-3 in stage 2; as "
-                  "accurate, but the LLM does the language work and the answers do not need the routing (README)")
-    add_flag(p, "router_lr", type=float, default=None,
-             help=f"stage-2 learning rate of the MoE's router (default {d.router_lr})")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"torch CPU threads (default {d.threads}; 0: torch's choice)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke test of the code path (seconds): the model is not trained long enough to answer")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"stage-2 learning rate of projector + MoE (default {d.stage2_lr}; with --fast_llm "
+        f"{FAST_LLM['stage2_lr']}, for everything)",
+    )
+    add_flag(
+        p,
+        "llm_lr",
+        type=float,
+        default=None,
+        help=f"stage-2 learning rate of the LLM and the vision tower (default {d.stage2_llm_lr})",
+    )
+    add_flag(
+        p,
+        "fast_llm",
+        action="store_true",
+        help="the earlier recipe: English descriptions only in stage 1, everything at 1e-3 in stage 2; as "
+        "accurate, but the LLM does the language work and the answers do not need the routing (README)",
+    )
+    add_flag(
+        p,
+        "router_lr",
+        type=float,
+        default=None,
+        help=f"stage-2 learning rate of the MoE's router (default {d.router_lr})",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help=f"torch CPU threads (default {d.threads}; 0: torch's choice)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of the code path (seconds): the model is not trained long enough to answer",
+    )
     add_flag(p, "no_progress", action="store_true", help="no progress bars (one line per stage instead)")
     return p
 
@@ -507,8 +645,10 @@ def parse_languages(text: str) -> tuple[str, ...]:
         else:
             unknown.append(item)
     if unknown:
-        raise ValueError(f"unknown language{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"the demo's languages are {', '.join(LANGUAGES)} ('cn' also means zh)")
+        raise ValueError(
+            f"unknown language{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"the demo's languages are {', '.join(LANGUAGES)} ('cn' also means zh)"
+        )
     if not requested:
         raise ValueError(f"no language given; choose from {', '.join(LANGUAGES)}")
     return tuple(lang for lang in LANGUAGES if lang in requested)
@@ -519,17 +659,26 @@ def settings_from_args(args) -> DemoSettings:
     base.output = args.output
     base.seed = args.seed
     base.languages = parse_languages(args.languages)
-    for arg, name in (("steps", "stage2_steps"), ("stage1_steps", "stage1_steps"), ("samples", "images"),
-                      ("test_per_kind", "test_per_kind"), ("batch_size", "batch_size"), ("lr", "stage2_lr"),
-                      ("llm_lr", "stage2_llm_lr"), ("router_lr", "router_lr"),
-                      ("threads", "threads")):
+    for arg, name in (
+        ("steps", "stage2_steps"),
+        ("stage1_steps", "stage1_steps"),
+        ("samples", "images"),
+        ("test_per_kind", "test_per_kind"),
+        ("batch_size", "batch_size"),
+        ("lr", "stage2_lr"),
+        ("llm_lr", "stage2_llm_lr"),
+        ("router_lr", "router_lr"),
+        ("threads", "threads"),
+    ):
         value = getattr(args, arg)
         if value is not None:
             setattr(base, name, value)
     for name in ("stage2_steps", "images", "test_per_kind", "batch_size"):
         if getattr(base, name) < 1:
-            raise ValueError(f"--{ {'stage2_steps': 'steps', 'images': 'samples'}.get(name, name)} "
-                             f"must be >= 1, got {getattr(base, name)}")
+            raise ValueError(
+                f"--{ {'stage2_steps': 'steps', 'images': 'samples'}.get(name, name) } "
+                f"must be >= 1, got {getattr(base, name)}"
+            )
     base.progress = not args.no_progress
     return base
 

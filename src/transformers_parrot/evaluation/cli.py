@@ -28,8 +28,15 @@ EXTRA_MODULES = ("pandas", "matplotlib")  # what parrot-eval needs beyond the ba
 INSTALL_HINT = 'pip install "transformers-parrot[eval]"'
 VLLM_FLAGS = ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization")
 QUANTIZATION_FLAGS = ("load_in_4bit", "load_in_8bit", "use_bnb_nested_quant", "quantization_config")
-WRITTEN_FILES = (runner.PREDICTIONS_FILE, RESULTS_JSON, RESULTS_CSV, RESULTS_MD, PLOT_PNG, MODEL_INDEX_JSON,
-                 SKIPPED_JSON)
+WRITTEN_FILES = (
+    runner.PREDICTIONS_FILE,
+    RESULTS_JSON,
+    RESULTS_CSV,
+    RESULTS_MD,
+    PLOT_PNG,
+    MODEL_INDEX_JSON,
+    SKIPPED_JSON,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,24 +53,51 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="mmmb, mmbench, or a path to a VLMEvalKit-format multiple-choice TSV (comma-separate several)",
     )
-    add_flag(p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)")
+    add_flag(
+        p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)"
+    )
     add_flag(p, "data_dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
     add_flag(p, "output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
-    add_flag(p, "backend", default="hf", choices=runner.BACKENDS,
-             help="hf: transformers generate; vllm: vLLM's engine through this package's plugin (default: hf)")
-    add_flag(p, "batch_size", type=int, default=None,
-             help=f"generate batch of the hf backend (default: {runner.DEFAULT_BATCH_SIZE}); vLLM schedules itself")
+    add_flag(
+        p,
+        "backend",
+        default="hf",
+        choices=runner.BACKENDS,
+        help="hf: transformers generate; vllm: vLLM's engine through this package's plugin (default: hf)",
+    )
+    add_flag(
+        p,
+        "batch_size",
+        type=int,
+        default=None,
+        help=f"generate batch of the hf backend (default: {runner.DEFAULT_BATCH_SIZE}); vLLM schedules itself",
+    )
     add_flag(p, "max_new_tokens", type=int, default=512)
     add_flag(p, "limit", type=int, default=None, help="evaluate at most N rows per language")
     add_flag(p, "trust_remote_code", action="store_true")
     add_flag(p, "dtype", default="auto", choices=DTYPE_CHOICES)
-    add_flag(p, "device", default="auto",
-             help="hf backend: cpu, cuda, cuda:N or auto; with N processes auto/cuda mean cuda:LOCAL_RANK")
-    add_flag(p, "device_map", default=None, choices=("auto",),
-             help="hf backend: place one model across all visible GPUs (accelerate)")
+    add_flag(
+        p,
+        "device",
+        default="auto",
+        help="hf backend: cpu, cuda, cuda:N or auto; with N processes auto/cuda mean cuda:LOCAL_RANK",
+    )
+    add_flag(
+        p,
+        "device_map",
+        default=None,
+        choices=("auto",),
+        help="hf backend: place one model across all visible GPUs (accelerate)",
+    )
     add_flag(p, "model_name", default=None, help="name used in the reports (default: --model)")
-    add_flag(p, "circular", dest="circular", action="store_true", default=None,
-          help="force circular evaluation (default: on for MMBench)")
+    add_flag(
+        p,
+        "circular",
+        dest="circular",
+        action="store_true",
+        default=None,
+        help="force circular evaluation (default: on for MMBench)",
+    )
     add_flag(p, "no_circular", dest="circular", action="store_false")
     add_flag(p, "no_download", action="store_true", help="never download benchmark files from the Hub")
     add_flag(p, "overwrite", action="store_true", help="discard predictions already in the output folder")
@@ -72,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     vllm = p.add_argument_group("vLLM backend (--backend vllm)")
     add_flag(vllm, "tensor_parallel_size", type=int, default=None, help="GPUs one model is split across")
     add_flag(vllm, "max_model_len", type=int, default=None, help="context length of the engine (prompt + answer)")
-    add_flag(vllm, "gpu_memory_utilization", type=float, default=None,
-             help="fraction of each GPU's memory the engine may take (vLLM's default: 0.9)")
+    add_flag(
+        vllm,
+        "gpu_memory_utilization",
+        type=float,
+        default=None,
+        help="fraction of each GPU's memory the engine may take (vLLM's default: 0.9)",
+    )
     add_quantization_flags(p)
     return p
 
@@ -102,8 +141,10 @@ def check_backend_flags(args: argparse.Namespace) -> str | None:
     given = [_flag(n) for n in ("batch_size", "device_map") if getattr(args, n) is not None]
     given += [_flag(n) for n in QUANTIZATION_FLAGS if getattr(args, n) not in (None, False)]
     if given:
-        return (f"{', '.join(given)} apply to --backend hf only (vLLM batches requests itself and loads the weights the "
-                "checkpoint holds)")
+        return (
+            f"{', '.join(given)} apply to --backend hf only (vLLM batches requests itself and loads the weights the "
+            "checkpoint holds)"
+        )
     for name in ("tensor_parallel_size", "max_model_len"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             return f"--{name} must be >= 1"
@@ -147,8 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Validate the data first: a wrong path or column layout fails before a model is loaded.
         datas = [
-            runner.prepare_benchmark(b, args.languages, args.data_dir, limit=args.limit, circular=args.circular,
-                                     download=not args.no_download)
+            runner.prepare_benchmark(
+                b,
+                args.languages,
+                args.data_dir,
+                limit=args.limit,
+                circular=args.circular,
+                download=not args.no_download,
+            )
             for b in benchmarks
         ]
         predictor = runner.load_predictor(
@@ -175,8 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
-    except (DatasetFormatError, UnknownLanguageError, runner.EvaluationConfigError, QuantizationSetupError,
-            VLLMNotAvailableError) as e:
+    except (
+        DatasetFormatError,
+        UnknownLanguageError,
+        runner.EvaluationConfigError,
+        QuantizationSetupError,
+        VLLMNotAvailableError,
+    ) as e:
         return error(str(e))
     except Exception as e:
         if world_size <= 1:

@@ -410,4 +410,3 @@ def load_tsv(
             )
         )
     return samples, bad
-

@@ -63,13 +63,29 @@ def table_rows(results: Mapping) -> tuple[list[str], list[list[str]]]:
     langs = _lang_order(l for b in results.values() for l in b)
     rows: list[list[str]] = []
     for bench, per_lang in results.items():
-        rows.append([bench, "overall", "overall"] + [_fmt(per_lang.get(l, {}).get("overall")) if l in per_lang else "" for l in langs])
+        rows.append(
+            [bench, "overall", "overall"]
+            + [_fmt(per_lang.get(l, {}).get("overall")) if l in per_lang else "" for l in langs]
+        )
         for key in ("category", "l2-category"):
             names = sorted({n for r in per_lang.values() for n in r.get(key, {})})
             for n in names:
-                rows.append([bench, key, n] + [_fmt(per_lang[l].get(key, {}).get(n)) if l in per_lang and n in per_lang[l].get(key, {}) else "" for l in langs])
-        rows.append([bench, "count", "questions"] + [str(per_lang[l].get("questions", per_lang[l].get("n", ""))) if l in per_lang else "" for l in langs])
-        rows.append([bench, "count", "skipped"] + [str(per_lang[l].get("skipped", 0)) if l in per_lang else "" for l in langs])
+                rows.append(
+                    [bench, key, n]
+                    + [
+                        _fmt(per_lang[l].get(key, {}).get(n))
+                        if l in per_lang and n in per_lang[l].get(key, {})
+                        else ""
+                        for l in langs
+                    ]
+                )
+        rows.append(
+            [bench, "count", "questions"]
+            + [str(per_lang[l].get("questions", per_lang[l].get("n", ""))) if l in per_lang else "" for l in langs]
+        )
+        rows.append(
+            [bench, "count", "skipped"] + [str(per_lang[l].get("skipped", 0)) if l in per_lang else "" for l in langs]
+        )
     return langs, rows
 
 
@@ -83,15 +99,23 @@ def results_csv(results: Mapping) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    def esc(s: object) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def results_markdown(results: Mapping, model_name: str = "model", compare_paper: bool = True) -> str:
     """A summary table laid out like the paper's (benchmark x language columns) plus per-benchmark breakdowns."""
-    out = [f"# Evaluation results: {model_name}\n\n", "Accuracy (%), exact matching; MMBench with circular evaluation.\n\n"]
+    out = [
+        f"# Evaluation results: {model_name}\n\n",
+        "Accuracy (%), exact matching; MMBench with circular evaluation.\n\n",
+    ]
     benches = list(results)
     header = ["model"]
     cols = []
@@ -115,7 +139,13 @@ def results_markdown(results: Mapping, model_name: str = "model", compare_paper:
             if names:
                 rows.append([f"**{key}**"] + [""] * len(langs))
             for n in names:
-                rows.append([n] + [_fmt(results[b][l].get(key, {}).get(n)) if n in results[b][l].get(key, {}) else "" for l in langs])
+                rows.append(
+                    [n]
+                    + [
+                        _fmt(results[b][l].get(key, {}).get(n)) if n in results[b][l].get(key, {}) else ""
+                        for l in langs
+                    ]
+                )
         rows.append(["questions"] + [str(results[b][l].get("questions", results[b][l].get("n", ""))) for l in langs])
         rows.append(["skipped rows"] + [str(results[b][l].get("skipped", 0)) for l in langs])
         out.append(_md_table([""] + langs, rows))

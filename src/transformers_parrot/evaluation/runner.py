@@ -99,9 +99,7 @@ class TransformersPredictor:
 
     def _inputs(self, texts: list[str], images: list):
         try:
-            return self.processor(
-                images=images, text=texts, padding=True, padding_side="left", return_tensors="pt"
-            )
+            return self.processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
         except TypeError:
             return self.processor(images=images, text=texts, padding=True, return_tensors="pt")
 
@@ -135,7 +133,7 @@ class TransformersPredictor:
             out = out.sequences
         is_enc_dec = bool(getattr(getattr(self.model, "config", None), "is_encoder_decoder", False))
         if not is_enc_dec and "input_ids" in moved:
-            out = out[:, moved["input_ids"].shape[1]:]
+            out = out[:, moved["input_ids"].shape[1] :]
         decoder = self.processor if hasattr(self.processor, "batch_decode") else tok
         texts_out = decoder.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in texts_out]
@@ -231,8 +229,9 @@ def load_predictor(
             )
         if device not in (None, "auto"):
             raise EvaluationConfigError("--backend vllm picks its devices itself: leave out --device")
-        return VLLMPredictor(model_id, max_new_tokens=max_new_tokens, dtype=dtype, trust_remote_code=trust_remote_code,
-                             **backend_kwargs)
+        return VLLMPredictor(
+            model_id, max_new_tokens=max_new_tokens, dtype=dtype, trust_remote_code=trust_remote_code, **backend_kwargs
+        )
     model, processor = load_model_and_processor(
         model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **backend_kwargs
     )
@@ -296,8 +295,10 @@ def prepare_benchmark(
             s = [x for x in s if x.language in keep]
             b = [x for x in b if x.language in keep or x.language not in LANGUAGES]
         samples, bad = s, b
-        langs = requested or sorted({x.language for x in samples}, key=LANGUAGES.index) or (
-            [language_from_filename(path)] if language_from_filename(path) else []
+        langs = (
+            requested
+            or sorted({x.language for x in samples}, key=LANGUAGES.index)
+            or ([language_from_filename(path)] if language_from_filename(path) else [])
         )
         files = {l: str(path) for l in langs}
         name = benchmark_name_from_path(path)
@@ -394,8 +395,9 @@ def _prompt_items(samples: Iterable[Sample], bad: list[BadRow]) -> Iterator[tupl
         yield s, PromptItem(image, build_sample_prompt(s), s.language, s.index)
 
 
-def _predict_rows(predictor, name: str, samples: list[Sample], batch_size: int, store: PredictionStore,
-                  progress: RunProgress) -> list[BadRow]:
+def _predict_rows(
+    predictor, name: str, samples: list[Sample], batch_size: int, store: PredictionStore, progress: RunProgress
+) -> list[BadRow]:
     """Predict ``samples`` into ``store``; returns the rows whose image failed to load."""
     bad: list[BadRow] = []
     stream = getattr(predictor, "predict_stream", None)
@@ -409,8 +411,10 @@ def _predict_rows(predictor, name: str, samples: list[Sample], batch_size: int, 
 
         seen_bad = 0
         for finished in stream(items()):
-            store.append(make_record(name, by_key.pop((it.language, it.index)), "" if o is None else str(o))
-                         for it, o in finished)
+            store.append(
+                make_record(name, by_key.pop((it.language, it.index)), "" if o is None else str(o))
+                for it, o in finished
+            )
             progress.advance(len(finished) + len(bad) - seen_bad)
             seen_bad = len(bad)
         progress.advance(len(bad) - seen_bad)
@@ -509,7 +513,9 @@ def evaluate(
         raise ValueError("pass exactly one of: model (+ processor), predictor, predict_fn")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
-    if backend != "hf" and (predictor is not None or predict_fn is not None or not isinstance(model, (str, os.PathLike))):
+    if backend != "hf" and (
+        predictor is not None or predict_fn is not None or not isinstance(model, (str, os.PathLike))
+    ):
         raise ValueError(f"backend={backend!r} loads a model folder or Hub id: pass model='path/or/id'")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -517,7 +523,8 @@ def evaluate(
     benchmarks = [benchmark] if isinstance(benchmark, (str, os.PathLike, BenchmarkData)) else list(benchmark)
     # Load (and validate) all data before touching the output folder or the model.
     datas = [
-        b if isinstance(b, BenchmarkData)
+        b
+        if isinstance(b, BenchmarkData)
         else prepare_benchmark(str(b), languages, data_dir, limit=limit, circular=circular, download=download)
         for b in benchmarks
     ]
@@ -531,12 +538,32 @@ def evaluate(
         predictor = FunctionPredictor(predict_fn, name=model_name or "custom")
     name = model_name or getattr(predictor, "name", None) or type(predictor).__name__
 
-    return _run(predictor, datas, RankContext.from_environment(), Path(output_dir), str(name), batch_size,
-                max_new_tokens, progress, overwrite, write_reports)
+    return _run(
+        predictor,
+        datas,
+        RankContext.from_environment(),
+        Path(output_dir),
+        str(name),
+        batch_size,
+        max_new_tokens,
+        progress,
+        overwrite,
+        write_reports,
+    )
 
 
-def _run(predictor, datas: list[BenchmarkData], ranks: RankContext, output_dir: Path, name: str, batch_size: int,
-         max_new_tokens: int, progress: bool, overwrite: bool, write_reports: bool) -> dict:
+def _run(
+    predictor,
+    datas: list[BenchmarkData],
+    ranks: RankContext,
+    output_dir: Path,
+    name: str,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool,
+    overwrite: bool,
+    write_reports: bool,
+) -> dict:
     main_path = output_dir / PREDICTIONS_FILE
     if ranks.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -546,8 +573,9 @@ def _run(predictor, datas: list[BenchmarkData], ranks: RankContext, output_dir: 
     done = PredictionStore(main_path)  # read only past this point until every rank finished
     if ranks.distributed:
         own = PredictionStore(output_dir / RANK_PREDICTIONS_PATTERN.format(rank=ranks.rank))
-        others = [output_dir / RANK_PREDICTIONS_PATTERN.format(rank=r) for r in range(ranks.world_size)
-                  if r != ranks.rank]
+        others = [
+            output_dir / RANK_PREDICTIONS_PATTERN.format(rank=r) for r in range(ranks.world_size) if r != ranks.rank
+        ]
     else:
         own, others = done, []
 

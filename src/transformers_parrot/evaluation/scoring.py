@@ -87,7 +87,9 @@ def score_benchmark(
     for r in records:
         by_lang[r["language"]].append(r)
     skipped = dict(skipped or {})
-    langs = list(languages) if languages is not None else sorted(
-        set(by_lang) | set(skipped), key=lambda l: (LANGUAGES.index(l) if l in LANGUAGES else 99, l)
+    langs = (
+        list(languages)
+        if languages is not None
+        else sorted(set(by_lang) | set(skipped), key=lambda l: (LANGUAGES.index(l) if l in LANGUAGES else 99, l))
     )
     return {l: score_rows(by_lang.get(l, []), circular, skipped.get(l, 0)) for l in langs}

@@ -62,8 +62,11 @@ class VLLMPredictor:
         self.max_new_tokens = int(max_new_tokens)
         self.processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
         kwargs: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}}
-        for key, value in (("tensor_parallel_size", tensor_parallel_size), ("max_model_len", max_model_len),
-                           ("gpu_memory_utilization", gpu_memory_utilization)):
+        for key, value in (
+            ("tensor_parallel_size", tensor_parallel_size),
+            ("max_model_len", max_model_len),
+            ("gpu_memory_utilization", gpu_memory_utilization),
+        ):
             if value is not None:
                 kwargs[key] = value
         kwargs.update(engine_kwargs)
@@ -94,8 +97,9 @@ class VLLMPredictor:
                         pending.update((_output_id(i), (i, item)) for i, item in zip(ids, chunk))
                 if not pending:
                     return
-                finished = [(pending.pop(out.request_id)[1], self._decode(out)) for out in engine.step()
-                            if out.finished]
+                finished = [
+                    (pending.pop(out.request_id)[1], self._decode(out)) for out in engine.step() if out.finished
+                ]
                 if finished:
                     yield finished
         finally:

@@ -65,8 +65,11 @@ def build_parrot_from_pretrained(
     llm = AutoModelForCausalLM.from_pretrained(llm_name_or_path, dtype=dtype, **use_kernels_kwargs(), **hub_kwargs)
     text_config = llm.config
     if text_config.model_type != "qwen2":
-        logger.warning("LLM %s is a %s model; Parrot was released on Qwen2 (Qwen1.5) LLMs",
-                       llm_name_or_path, text_config.model_type)
+        logger.warning(
+            "LLM %s is a %s model; Parrot was released on Qwen2 (Qwen1.5) LLMs",
+            llm_name_or_path,
+            text_config.model_type,
+        )
 
     image_size = vision_config.image_size
     if image_processor is None:
@@ -107,8 +110,13 @@ def build_parrot_from_pretrained(
     model.config.text_config.eos_token_id = eos
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    logger.info("built Parrot: %s + %s, <image> id %d, embeddings %s", vision_model_name_or_path,
-                llm_name_or_path, processor.image_token_id, "resized" if resized else "kept (spare rows)")
+    logger.info(
+        "built Parrot: %s + %s, <image> id %d, embeddings %s",
+        vision_model_name_or_path,
+        llm_name_or_path,
+        processor.image_token_id,
+        "resized" if resized else "kept (spare rows)",
+    )
     return model, processor
 
 
@@ -135,8 +143,9 @@ def save_merged(model, processor, output_dir: str | os.PathLike, **save_kwargs) 
     return merged
 
 
-def merge_adapter_checkpoint(base_model_path: str | os.PathLike, adapter_path: str | os.PathLike,
-                             output_dir: str | os.PathLike, **load_kwargs) -> ParrotForConditionalGeneration:
+def merge_adapter_checkpoint(
+    base_model_path: str | os.PathLike, adapter_path: str | os.PathLike, output_dir: str | os.PathLike, **load_kwargs
+) -> ParrotForConditionalGeneration:
     """Merge a LoRA adapter saved by the recipes (an output folder or a `checkpoint-N` folder) onto its base Parrot
     checkpoint and save a plain checkpoint + processor to `output_dir`: the same model as the run's own
     `<output_dir>/merged`.
@@ -157,8 +166,13 @@ def merge_adapter_checkpoint(base_model_path: str | os.PathLike, adapter_path: s
         config = ParrotConfig.from_pretrained(base_model_path)
         for key, value in STAGE_CONFIG[2].items():
             setattr(config, key, value)
-        logger.warning("%s holds no config.json (saved by an older version): using %s's config with the stage-2 "
-                       "recipe's changes %s", adapter_path, base_model_path, STAGE_CONFIG[2])
+        logger.warning(
+            "%s holds no config.json (saved by an older version): using %s's config with the stage-2 "
+            "recipe's changes %s",
+            adapter_path,
+            base_model_path,
+            STAGE_CONFIG[2],
+        )
     # a k-bit (QLoRA) run saved its quantization config with the adapter: the base is reloaded unquantized
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config

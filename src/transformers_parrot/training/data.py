@@ -54,8 +54,11 @@ class DataReport:
         self.skipped[reason] += 1
         if len(self.examples) < max_examples:
             self.examples.append(message)
-            logger.warning("skipping sample: %s%s", message,
-                           "" if len(self.examples) < max_examples else " (further skips are only counted)")
+            logger.warning(
+                "skipping sample: %s%s",
+                message,
+                "" if len(self.examples) < max_examples else " (further skips are only counted)",
+            )
 
     @property
     def num_skipped(self) -> int:
@@ -147,8 +150,9 @@ def _normalize_messages(messages: Any, num_images: int, where: str) -> list[dict
     return out
 
 
-def convert_llava_sample(sample: dict, image_folder: str | os.PathLike | None, index: int, source: str = "",
-                         check_images: bool = True) -> dict:
+def convert_llava_sample(
+    sample: dict, image_folder: str | os.PathLike | None, index: int, source: str = "", check_images: bool = True
+) -> dict:
     """One LLaVA-JSON entry → a canonical row (images as absolute paths). Raises ParrotDataError naming the sample."""
     sample_id = str(sample.get("id", index)) if isinstance(sample, dict) else str(index)
     where = f"{source}sample {sample_id!r} (#{index})"
@@ -157,7 +161,7 @@ def convert_llava_sample(sample: dict, image_folder: str | os.PathLike | None, i
     image = sample.get("image")
     images = [] if image in (None, "", []) else ([image] if isinstance(image, str) else image)
     if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-        raise ParrotDataError(f"{where}: \"image\" must be a path or a list of paths, got {image!r:.80}")
+        raise ParrotDataError(f'{where}: "image" must be a path or a list of paths, got {image!r:.80}')
     paths = [p if os.path.isabs(p) or image_folder is None else os.path.join(image_folder, p) for p in images]
     turns = sample.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -168,11 +172,11 @@ def convert_llava_sample(sample: dict, image_folder: str | os.PathLike | None, i
         role = LLAVA_ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise ParrotDataError(
-                f"{where}: turn {turn} has unknown \"from\" role {speaker!r} (expected one of {sorted(LLAVA_ROLES)})"
+                f'{where}: turn {turn} has unknown "from" role {speaker!r} (expected one of {sorted(LLAVA_ROLES)})'
             )
         value = message.get("value")
         if not isinstance(value, str):
-            raise ParrotDataError(f"{where}: turn {turn} has no text \"value\"")
+            raise ParrotDataError(f'{where}: turn {turn} has no text "value"')
         messages.append({"role": role, "content": value})
     messages = _normalize_messages(messages, len(paths), where)
     if check_images:
@@ -250,6 +254,7 @@ def load_llava_json(
         return convert_llava_sample(raw, image_folder, index, source=source, check_images=check_images)
 
     if streaming:
+
         def generate(path=str(path)):
             yield from _checked(enumerate(_read_llava_entries(path)), convert, on_error, report)
 
@@ -302,9 +307,15 @@ def _sample_images(example: dict, column: str, where: str, image_folder: str | N
     return images
 
 
-def normalize_conversational(dataset, on_error: str = "raise", check_images: bool = True,
-                             source: str = "", report: DataReport | None = None,
-                             messages_column: str = "messages", images_column: str = "images"):
+def normalize_conversational(
+    dataset,
+    on_error: str = "raise",
+    check_images: bool = True,
+    source: str = "",
+    report: DataReport | None = None,
+    messages_column: str = "messages",
+    images_column: str = "images",
+):
     """A conversational `datasets` dataset (messages + images/image, string or structured contents; Hub or
     local) → the canonical schema, validated. Works on `Dataset` and `IterableDataset`."""
     from datasets import Dataset
@@ -334,8 +345,15 @@ def normalize_conversational(dataset, on_error: str = "raise", check_images: boo
     return IterableDataset.from_generator(generate, features=_features())
 
 
-def load_source(spec: str, image_folder: str | None = None, split: str = "train", on_error: str = "raise",
-                check_images: bool = True, streaming: bool = False, report: DataReport | None = None):
+def load_source(
+    spec: str,
+    image_folder: str | None = None,
+    split: str = "train",
+    on_error: str = "raise",
+    check_images: bool = True,
+    streaming: bool = False,
+    report: DataReport | None = None,
+):
     """One data source by name: a LLaVA JSON/JSONL file, a local data file/folder `datasets` can read, or a Hub
     dataset id (``name`` or ``name:config``)."""
     from datasets import load_dataset
@@ -343,18 +361,19 @@ def load_source(spec: str, image_folder: str | None = None, split: str = "train"
     if os.path.isfile(spec) and spec.endswith((".json", ".jsonl")):
         first = _peek_json(spec)
         if isinstance(first, dict) and "conversations" in first:
-            return load_llava_json(spec, image_folder, on_error=on_error, check_images=check_images,
-                                   streaming=streaming, report=report)
+            return load_llava_json(
+                spec, image_folder, on_error=on_error, check_images=check_images, streaming=streaming, report=report
+            )
         dataset = load_dataset("json", data_files=spec, split=split, streaming=streaming)
     elif os.path.isfile(spec):
         extension = spec.rsplit(".", 1)[-1]
-        dataset = load_dataset({"jsonl": "json"}.get(extension, extension), data_files=spec, split=split,
-                               streaming=streaming)
+        dataset = load_dataset(
+            {"jsonl": "json"}.get(extension, extension), data_files=spec, split=split, streaming=streaming
+        )
     else:
         name, _, config = spec.partition(":")
         dataset = load_dataset(name, config or None, split=split, streaming=streaming)
-    return normalize_conversational(dataset, on_error=on_error, check_images=check_images, source=spec,
-                                    report=report)
+    return normalize_conversational(dataset, on_error=on_error, check_images=check_images, source=spec, report=report)
 
 
 def _peek_json(path: str):
@@ -366,8 +385,9 @@ def _peek_json(path: str):
     return data[0] if isinstance(data, list) and data else None
 
 
-def mix_datasets(datasets: Sequence, ratios: Sequence[float] | None = None, seed: int = 0,
-                 stopping_strategy: str = "all_exhausted"):
+def mix_datasets(
+    datasets: Sequence, ratios: Sequence[float] | None = None, seed: int = 0, stopping_strategy: str = "all_exhausted"
+):
     """Mix sources by sampling ratio (`datasets.interleave_datasets`): each row comes from source i with
     probability ratios[i] / sum(ratios). Works on in-memory and streamed datasets alike."""
     from datasets import interleave_datasets
@@ -383,16 +403,20 @@ def mix_datasets(datasets: Sequence, ratios: Sequence[float] | None = None, seed
         return datasets[0]
     total = float(sum(ratios))
     keep = [(d, r / total) for d, r in zip(datasets, ratios) if r > 0]
-    return interleave_datasets([d for d, _ in keep], probabilities=[p for _, p in keep], seed=seed,
-                               stopping_strategy=stopping_strategy)
+    return interleave_datasets(
+        [d for d, _ in keep], probabilities=[p for _, p in keep], seed=seed, stopping_strategy=stopping_strategy
+    )
 
 
 def drop_images(dataset):
     """Text-only view of a dataset (MLAN's language-only setting for data that has images): removes the images and
     their placeholders."""
+
     def strip(example):
-        messages = [{"role": m["role"], "content": [c for c in m["content"] if c["type"] != "image"]}
-                    for m in example["messages"]]
+        messages = [
+            {"role": m["role"], "content": [c for c in m["content"] if c["type"] != "image"]}
+            for m in example["messages"]
+        ]
         return {"messages": messages, "images": []}
 
     return dataset.map(strip)
@@ -403,12 +427,14 @@ def _preference_features():
 
     content = List({"type": Value("string"), "text": Value("string")})
     messages = List({"role": Value("string"), "content": content})
-    return Features({"id": Value("string"), "prompt": messages, "chosen": messages, "rejected": messages,
-                     "images": List(Image())})
+    return Features(
+        {"id": Value("string"), "prompt": messages, "chosen": messages, "rejected": messages, "images": List(Image())}
+    )
 
 
-def convert_preference_sample(example: dict, index: int, image_folder=None, source: str = "",
-                              check_images: bool = True) -> dict:
+def convert_preference_sample(
+    example: dict, index: int, image_folder=None, source: str = "", check_images: bool = True
+) -> dict:
     """One preference pair → {"id", "prompt": messages, "chosen": [assistant], "rejected": [assistant], "images"}.
 
     `prompt` is a string (one user turn) or a message list ending with a user turn; `chosen`/`rejected` are
@@ -438,8 +464,14 @@ def convert_preference_sample(example: dict, index: int, image_folder=None, sour
     return {"id": sample_id, "prompt": full[:-1], "chosen": full[-1:], "rejected": rejected[-1:], "images": images}
 
 
-def normalize_preference(dataset, image_folder=None, on_error: str = "raise", check_images: bool = True,
-                         source: str = "", report: DataReport | None = None):
+def normalize_preference(
+    dataset,
+    image_folder=None,
+    on_error: str = "raise",
+    check_images: bool = True,
+    source: str = "",
+    report: DataReport | None = None,
+):
     """An image-grounded preference dataset (prompt, chosen, rejected, images) → the canonical preference schema
     TRL's DPO vision collator reads; bad pairs raise or are skipped and counted."""
     report = report if report is not None else DataReport()
@@ -455,7 +487,15 @@ def normalize_preference(dataset, image_folder=None, on_error: str = "raise", ch
 
 
 __all__ = [
-    "ParrotDataError", "DataReport", "check_image", "convert_llava_sample", "load_llava_json",
-    "normalize_conversational", "load_source", "mix_datasets", "drop_images", "convert_preference_sample",
+    "ParrotDataError",
+    "DataReport",
+    "check_image",
+    "convert_llava_sample",
+    "load_llava_json",
+    "normalize_conversational",
+    "load_source",
+    "mix_datasets",
+    "drop_images",
+    "convert_preference_sample",
     "normalize_preference",
 ]

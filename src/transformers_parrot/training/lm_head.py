@@ -34,8 +34,7 @@ KERNEL_DEVICES = ("cuda", "xpu")
 # TRL releases (major, minor) whose fused head the compact head reproduces: from 1.16 up to, not including, 2.0
 TRL_FUSED_HEAD_RELEASES = ((1, 16), (2, 0))
 # the fields of TRL's FusedCausalLMOutput; the compact head fills all but `aux_loss` (router losses go to TRL's head)
-FUSED_FIELDS = ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask",
-                "aux_loss")
+FUSED_FIELDS = ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask", "aux_loss")
 
 
 def trl_fused_head():
@@ -49,8 +48,10 @@ def trl_fused_head():
         return None, f"TRL's version {trl.__version__!r} is not a release number"
     low, high = TRL_FUSED_HEAD_RELEASES
     if not low <= release < high:
-        return None, (f"TRL {trl.__version__} is outside the releases the compact head was checked against "
-                      f"({'.'.join(map(str, low))} to before {'.'.join(map(str, high))})")
+        return None, (
+            f"TRL {trl.__version__} is outside the releases the compact head was checked against "
+            f"({'.'.join(map(str, low))} to before {'.'.join(map(str, high))})"
+        )
     from trl.trainer import utils as trl_utils
 
     output_class = getattr(trl_utils, "FusedCausalLMOutput", None)
@@ -78,8 +79,10 @@ def _fused_fields(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     z = logits.float()
     log_p = z.log_softmax(-1)
     target = labels[mask]
-    fields = {"log_probs": log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1),
-              "entropy": -(log_p.exp() * log_p).sum(-1)}
+    fields = {
+        "log_probs": log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1),
+        "entropy": -(log_p.exp() * log_p).sum(-1),
+    }
     with torch.no_grad():
         z = z.detach()
         fields["log_sum_sq_probs"] = torch.logsumexp(2 * log_p.detach(), -1)
@@ -96,9 +99,16 @@ def use_compact_lm_head(model: torch.nn.Module) -> bool:
     (`trl_fused_head`; logged)."""
     trl_forward = model.__dict__.get("forward")
     text_config = model.config.get_text_config()
-    scaled = any(getattr(text_config, name, None) is not None
-                 for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                              "logits_scaling"))
+    scaled = any(
+        getattr(text_config, name, None) is not None
+        for name in (
+            "final_logit_softcapping",
+            "logit_scale",
+            "output_multiplier",
+            "lm_head_multiplier",
+            "logits_scaling",
+        )
+    )
     if not _takes_fused_lm_head(trl_forward) or scaled:
         return False
     FusedCausalLMOutput, reason = trl_fused_head()  # noqa: N806 (a class)
@@ -107,18 +117,27 @@ def use_compact_lm_head(model: torch.nn.Module) -> bool:
         return False
 
     @functools.wraps(type(model).forward)  # generate validates its keyword arguments against this signature
-    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
-                **kwargs):
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         lm_head = self.get_output_embeddings()
         # position i predicts label i + 1, unless the labels come shifted already
         target = labels[:, 1:] if shift_labels is None and labels is not None else shift_labels
         mask = None if target is None else target != -100
-        compact = (fused_lm_head and mask is not None and lm_head.weight.device.type not in KERNEL_DEVICES
-                   and not kwargs.get("output_router_logits")
-                   and int(mask.sum()) * lm_head.weight.shape[0] <= MAX_COMPACT_LOGITS)
+        compact = (
+            fused_lm_head
+            and mask is not None
+            and lm_head.weight.device.type not in KERNEL_DEVICES
+            and not kwargs.get("output_router_logits")
+            and int(mask.sum()) * lm_head.weight.shape[0] <= MAX_COMPACT_LOGITS
+        )
         if not compact:
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                               num_items_in_batch=num_items_in_batch, **kwargs)
+            return trl_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         kwargs["use_cache"] = False
         hidden = self.model(*args, **kwargs).last_hidden_state
         if shift_labels is None:

@@ -88,12 +88,21 @@ def lora_config_for_parrot(model_args=None, **overrides):
     from peft import LoraConfig
 
     kwargs: dict[str, Any] = {
-        "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": LLM_LORA_TARGETS,
-        "modules_to_save": list(MULTIMODAL_MODULES), "task_type": "CAUSAL_LM",
+        "r": 64,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,
+        "target_modules": LLM_LORA_TARGETS,
+        "modules_to_save": list(MULTIMODAL_MODULES),
+        "task_type": "CAUSAL_LM",
     }
     if model_args is not None:
-        kwargs.update(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                      use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)
+        kwargs.update(
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            use_rslora=model_args.use_rslora,
+            use_dora=model_args.use_dora,
+        )
         if model_args.lora_target_modules:
             kwargs["target_modules"] = model_args.lora_target_modules
         if model_args.lora_modules_to_save:
@@ -106,12 +115,19 @@ def lora_config_for_parrot(model_args=None, **overrides):
 
 def multimodal_parameter_names(model) -> set[str]:
     """Names (in `model`, wrapped or not) of the projector and MoE parameters."""
-    return {name for name, _ in model.named_parameters()
-            if any(f".{part}." in f".{name}" for part in MULTIMODAL_MODULES)}
+    return {
+        name for name, _ in model.named_parameters() if any(f".{part}." in f".{name}" for part in MULTIMODAL_MODULES)
+    }
 
 
-def build_param_groups(model, learning_rate: float, weight_decay: float, multimodal_lr: float | None,
-                       no_decay: Iterable[str] | None = None, router_lr: float | None = None) -> list[dict]:
+def build_param_groups(
+    model,
+    learning_rate: float,
+    weight_decay: float,
+    multimodal_lr: float | None,
+    no_decay: Iterable[str] | None = None,
+    router_lr: float | None = None,
+) -> list[dict]:
     """Optimizer groups: (router, rest of projector + MoE, rest) × (decay, no decay); projector + MoE get
     `multimodal_lr`, the MoE's router (`moe.gate`) `router_lr` (default: the one of projector + MoE)."""
     mm_names = multimodal_parameter_names(model)
@@ -153,8 +169,10 @@ class ParrotTrainerMixin:
 
     def _check_before_init(self, model, args, processing_class, script_args) -> None:
         if prepared_stage(model) is None:
-            raise ValueError("set the model up with transformers_parrot.training.prepare_stage before building a "
-                             "Parrot trainer (trainable parameters, use_moe and the recipe's checks)")
+            raise ValueError(
+                "set the model up with transformers_parrot.training.prepare_stage before building a "
+                "Parrot trainer (trainable parameters, use_moe and the recipe's checks)"
+            )
         self.multimodal_lr, self.router_lr = script_args.multimodal_lr, script_args.router_lr
         check_max_length(args.max_length, processing_class.image_seq_length, script_args.max_images_per_sample)
 
@@ -183,8 +201,14 @@ class ParrotTrainerMixin:
         model = model if model is not None else self.model
         decay = set(self.get_decay_parameter_names(model))
         no_decay = {name for name, _ in model.named_parameters() if name not in decay}
-        groups = build_param_groups(model, self.args.learning_rate, self.args.weight_decay, self.multimodal_lr,
-                                    no_decay=no_decay, router_lr=self.router_lr)
+        groups = build_param_groups(
+            model,
+            self.args.learning_rate,
+            self.args.weight_decay,
+            self.multimodal_lr,
+            no_decay=no_decay,
+            router_lr=self.router_lr,
+        )
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
@@ -219,8 +243,9 @@ def _trainer_classes():
         learning rates of projector + MoE and router and the most images per sample."""
 
         def __init__(self, model, args, *pos, script_args: ParrotScriptArguments | None = None, **kwargs):
-            self._check_before_init(model, args, kwargs.get("processing_class"),
-                                    script_args or ParrotScriptArguments())
+            self._check_before_init(
+                model, args, kwargs.get("processing_class"), script_args or ParrotScriptArguments()
+            )
             super().__init__(model, args, *pos, **kwargs)
             self._after_init()
 
@@ -229,10 +254,12 @@ def _trainer_classes():
         adapters disabled (`peft_config`, QLoRA included) or, for full training, a frozen copy of the starting
         model."""
 
-        def __init__(self, model, ref_model=None, args=None, *pos, script_args: ParrotScriptArguments | None = None,
-                     **kwargs):
-            self._check_before_init(model, args, kwargs.get("processing_class"),
-                                    script_args or ParrotScriptArguments())
+        def __init__(
+            self, model, ref_model=None, args=None, *pos, script_args: ParrotScriptArguments | None = None, **kwargs
+        ):
+            self._check_before_init(
+                model, args, kwargs.get("processing_class"), script_args or ParrotScriptArguments()
+            )
             if ref_model is None and kwargs.get("peft_config") is None and not hasattr(model, "disable_adapter"):
                 import copy
 
@@ -251,8 +278,9 @@ def __getattr__(name):  # lazy: importing the recipes must not import TRL
     raise AttributeError(name)
 
 
-def check_max_length(max_length: int | None, image_seq_length: int, max_images: int = 1,
-                     min_text_tokens: int = 64) -> None:
+def check_max_length(
+    max_length: int | None, image_seq_length: int, max_images: int = 1, min_text_tokens: int = 64
+) -> None:
     """Refuse a `max_length` that cannot hold `max_images` images plus some text: TRL truncates after the
     processor expanded `<image>`, and the processor refuses to cut image tokens, so a too-short limit would only
     fail mid-run. `None` (no truncation) is always fine."""
@@ -345,11 +373,16 @@ class RouterProbe:
                     windows = ids.unfold(0, len(header), 1)
                     ends = (windows == header).all(-1).nonzero()
                     prompt = ids[: int(ends[-1]) + len(header)]
-                    out = module(input_ids=prompt[None], pixel_values=pixel_values[image_index:image_index + n_images],
-                                 output_router_logits=True, use_cache=False)
+                    out = module(
+                        input_ids=prompt[None],
+                        pixel_values=pixel_values[image_index : image_index + n_images],
+                        output_router_logits=True,
+                        use_cache=False,
+                    )
                     generation_logits = out.router_logits.detach().float()
-                    self.pairs.append((training_logits[image_index:image_index + n_images].cpu(),
-                                       generation_logits.cpu()))
+                    self.pairs.append(
+                        (training_logits[image_index : image_index + n_images].cpu(), generation_logits.cpu())
+                    )
                     image_index += n_images
         finally:
             self._inner = False
@@ -366,9 +399,22 @@ class RouterProbe:
 
 
 __all__ = [
-    "STAGE_LEARNING_RATE", "STAGE_CONFIG", "LLM_LORA_TARGETS", "bf16_available", "apply_stage_config",
-    "mark_prepared", "prepared_stage", "setup_stage", "keep_modules_to_save_dtype",
-    "count_parameters", "lora_config_for_parrot", "build_param_groups", "ParrotTrainerMixin",
-    "ParrotSFTTrainer", "ParrotDPOTrainer", "check_max_length", "check_text_only_samples",
+    "STAGE_LEARNING_RATE",
+    "STAGE_CONFIG",
+    "LLM_LORA_TARGETS",
+    "bf16_available",
+    "apply_stage_config",
+    "mark_prepared",
+    "prepared_stage",
+    "setup_stage",
+    "keep_modules_to_save_dtype",
+    "count_parameters",
+    "lora_config_for_parrot",
+    "build_param_groups",
+    "ParrotTrainerMixin",
+    "ParrotSFTTrainer",  # noqa: F822  (defined lazily by __getattr__)
+    "ParrotDPOTrainer",  # noqa: F822  (defined lazily by __getattr__)
+    "check_max_length",
+    "check_text_only_samples",
     "RouterProbe",
 ]

@@ -22,8 +22,17 @@ logger = logging.get_logger(__name__)
 RECIPE_STAGE: dict[str, int | None] = {"sft": None, "mlan": 2, "dpo": 2}
 # The fields of `trl.ModelConfig` the scripts honour; another one given is refused (no flag is ignored).
 LOADING_FIELDS = ("model_name_or_path", "model_revision", "dtype", "attn_implementation")
-LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
-               "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")  # need --use_peft
+LORA_FIELDS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_parameters",
+    "lora_modules_to_save",
+    "lora_task_type",
+    "use_rslora",
+    "use_dora",
+)  # need --use_peft
 KBIT_FIELDS = ("load_in_4bit", "load_in_8bit")
 BNB_4BIT_FIELDS = ("bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage")  # need --load_in_4bit
 MODEL_CONFIG_FIELDS = frozenset((*LOADING_FIELDS, "use_peft", *LORA_FIELDS, *KBIT_FIELDS, *BNB_4BIT_FIELDS))
@@ -45,8 +54,9 @@ def recipe_stage(script_args: ParrotScriptArguments, recipe: str) -> int:
     return stage
 
 
-def check_model_args(script_args: ParrotScriptArguments, training_args, model_args, recipe: str = "sft",
-                     in_memory: bool = False) -> None:
+def check_model_args(
+    script_args: ParrotScriptArguments, training_args, model_args, recipe: str = "sft", in_memory: bool = False
+) -> None:
     """Refuse every combination of the scripts' flags the recipe cannot honour, before anything is loaded.
     `in_memory`: the model is given (not loaded from `--model_name_or_path` or built from parts)."""
     stage = recipe_stage(script_args, recipe)
@@ -67,47 +77,65 @@ def check_model_args(script_args: ParrotScriptArguments, training_args, model_ar
         if not (script_args.vision_model and script_args.llm_model):
             raise ValueError("--vision_model and --llm_model go together")
         if model_args.model_name_or_path:
-            raise ValueError("--model_name_or_path loads a Parrot checkpoint and --vision_model/--llm_model build a "
-                             "fresh one: give one of them")
+            raise ValueError(
+                "--model_name_or_path loads a Parrot checkpoint and --vision_model/--llm_model build a "
+                "fresh one: give one of them"
+            )
         if model_args.model_revision not in (None, "main"):
-            raise ValueError("--model_revision applies to --model_name_or_path; a fresh build (--vision_model, "
-                             "--llm_model) loads each part's default revision")
+            raise ValueError(
+                "--model_revision applies to --model_name_or_path; a fresh build (--vision_model, "
+                "--llm_model) loads each part's default revision"
+            )
     elif not (model_args.model_name_or_path or in_memory):
         raise ValueError("pass --model_name_or_path (a Parrot checkpoint) or --vision_model and --llm_model")
     elif getattr(training_args, "trust_remote_code", False):
-        raise ValueError("--trust_remote_code: a Parrot checkpoint loads with this package's classes and never runs "
-                         "the checkpoint's own code; leave it off (it applies to --vision_model/--llm_model)")
+        raise ValueError(
+            "--trust_remote_code: a Parrot checkpoint loads with this package's classes and never runs "
+            "the checkpoint's own code; leave it off (it applies to --vision_model/--llm_model)"
+        )
     if training_args.model_init_kwargs:
-        raise ValueError("--model_init_kwargs: the scripts load the model themselves; use --dtype, "
-                         "--attn_implementation and the quantization flags")
+        raise ValueError(
+            "--model_init_kwargs: the scripts load the model themselves; use --dtype, "
+            "--attn_implementation and the quantization flags"
+        )
     if model_args.use_peft:
         if stage == 1:
             raise ValueError("stage 1 trains only the projector; --use_peft is for stage 2")
         if script_args.train_llm is False:
             raise ValueError("--use_peft adapts the LLM with LoRA and --train_llm False freezes it: give one of them")
         if script_args.train_vision:
-            raise ValueError("--train_vision with --use_peft: LoRA adapts the LLM only and the vision tower stays "
-                             "frozen; leave --train_vision off or train without --use_peft")
+            raise ValueError(
+                "--train_vision with --use_peft: LoRA adapts the LLM only and the vision tower stays "
+                "frozen; leave --train_vision off or train without --use_peft"
+            )
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise QuantizationSetupError("--load_in_4bit and --load_in_8bit exclude each other: give one of them")
     if not model_args.load_in_4bit and given(BNB_4BIT_FIELDS):
         raise QuantizationSetupError(
-            f"{', '.join(given(BNB_4BIT_FIELDS))} configure 4-bit loading: add --load_in_4bit")
+            f"{', '.join(given(BNB_4BIT_FIELDS))} configure 4-bit loading: add --load_in_4bit"
+        )
     if not _is_kbit(model_args):
         return
     flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
     if stage == 1:
-        raise QuantizationSetupError(f"{flag}: stage 1 trains the projector of a fresh model in full precision; "
-                                     "quantized training (QLoRA) is for stage 2, MLAN and DPO")
+        raise QuantizationSetupError(
+            f"{flag}: stage 1 trains the projector of a fresh model in full precision; "
+            "quantized training (QLoRA) is for stage 2, MLAN and DPO"
+        )
     if not model_args.use_peft:
-        raise QuantizationSetupError(f"{flag}: quantized weights cannot be trained; add --use_peft (QLoRA: LoRA on "
-                                     "the quantized LLM, projector and MoE in full precision)")
+        raise QuantizationSetupError(
+            f"{flag}: quantized weights cannot be trained; add --use_peft (QLoRA: LoRA on "
+            "the quantized LLM, projector and MoE in full precision)"
+        )
     if fresh:
-        raise QuantizationSetupError(f"{flag} needs a Parrot checkpoint (--model_name_or_path): the merged model is "
-                                     "rebuilt from it unquantized; train stage 1 first")
+        raise QuantizationSetupError(
+            f"{flag} needs a Parrot checkpoint (--model_name_or_path): the merged model is "
+            "rebuilt from it unquantized; train stage 1 first"
+        )
     if model_args.dtype in (None, "auto"):
-        raise QuantizationSetupError(f"{flag}: give --dtype bfloat16 or float32, the dtype of the unquantized "
-                                     "modules and of the 4-bit matmuls")
+        raise QuantizationSetupError(
+            f"{flag}: give --dtype bfloat16 or float32, the dtype of the unquantized modules and of the 4-bit matmuls"
+        )
     require_bitsandbytes()
 
 
@@ -125,8 +153,9 @@ def load_model_and_processor(script_args: ParrotScriptArguments, training_args, 
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     if script_args.vision_model:
         hub_kwargs = {"trust_remote_code": True} if training_args.trust_remote_code else {}
-        model, processor = build_parrot_from_pretrained(script_args.vision_model, script_args.llm_model,
-                                                        dtype=dtype, hub_kwargs=hub_kwargs)
+        model, processor = build_parrot_from_pretrained(
+            script_args.vision_model, script_args.llm_model, dtype=dtype, hub_kwargs=hub_kwargs
+        )
         if model_args.attn_implementation:
             model.set_attn_implementation(model_args.attn_implementation)
         return model, processor
@@ -134,10 +163,10 @@ def load_model_and_processor(script_args: ParrotScriptArguments, training_args, 
         from trl import get_quantization_config
 
         # k-bit layers are placed at load time: on this process's training device
-        kwargs.update(quantization_config=get_quantization_config(model_args),
-                      device_map={"": training_args.device})
-    model = ParrotForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype,
-                                                           revision=model_args.model_revision, **kwargs)
+        kwargs.update(quantization_config=get_quantization_config(model_args), device_map={"": training_args.device})
+    model = ParrotForConditionalGeneration.from_pretrained(
+        model_args.model_name_or_path, dtype=dtype, revision=model_args.model_revision, **kwargs
+    )
     processor = ParrotProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     return model, processor
 
@@ -196,8 +225,9 @@ def mlan_sources(script_args: ParrotScriptArguments) -> tuple[list[str], list[fl
     return sources, ratios
 
 
-def load_training_data(script_args: ParrotScriptArguments, sources: list[str], ratios: list[float] | None = None,
-                       seed: int = 0):
+def load_training_data(
+    script_args: ParrotScriptArguments, sources: list[str], ratios: list[float] | None = None, seed: int = 0
+):
     """SFT sources (`data.load_source`: LLaVA JSON, local files, Hub ids) validated and mixed by `ratios` →
     (dataset, `DataReport`). The report's counts are final here, or grow while training reads streamed data."""
     from .data import load_source, mix_datasets
@@ -206,8 +236,15 @@ def load_training_data(script_args: ParrotScriptArguments, sources: list[str], r
         raise ValueError("no training data: pass --datasets")
     report = DataReport()
     datasets = [
-        load_source(source, image_folder=folder, split=script_args.dataset_split, on_error=script_args.on_bad_sample,
-                    check_images=script_args.check_images, streaming=script_args.streaming, report=report)
+        load_source(
+            source,
+            image_folder=folder,
+            split=script_args.dataset_split,
+            on_error=script_args.on_bad_sample,
+            check_images=script_args.check_images,
+            streaming=script_args.streaming,
+            report=report,
+        )
         for source, folder in zip(sources, _folders(script_args, len(sources)))
     ]
     if report.num_skipped:
@@ -229,13 +266,22 @@ def load_preference_data(script_args: ParrotScriptArguments, seed: int = 0):
     for source, folder in zip(script_args.datasets, _folders(script_args, len(script_args.datasets))):
         if os.path.isfile(source):
             extension = source.rsplit(".", 1)[-1]
-            raw = load_dataset({"jsonl": "json"}.get(extension, extension), data_files=source,
-                               split=script_args.dataset_split)
+            raw = load_dataset(
+                {"jsonl": "json"}.get(extension, extension), data_files=source, split=script_args.dataset_split
+            )
         else:
             name, _, config = source.partition(":")
             raw = load_dataset(name, config or None, split=script_args.dataset_split)
-        datasets.append(normalize_preference(raw, image_folder=folder, on_error=script_args.on_bad_sample,
-                                             check_images=script_args.check_images, source=source, report=report))
+        datasets.append(
+            normalize_preference(
+                raw,
+                image_folder=folder,
+                on_error=script_args.on_bad_sample,
+                check_images=script_args.check_images,
+                source=source,
+                report=report,
+            )
+        )
     if report.num_skipped:
         logger.warning("preference data: %s", report.summary())
     return mix_datasets(datasets, script_args.dataset_ratios, seed=seed), report
@@ -264,8 +310,16 @@ def save_trained(trainer, output_dir: str, merge_lora: bool = True) -> None:
         save_merged(trainer.model, trainer.processing_class, merged_dir)
 
 
-def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None, *, mlan: bool = False,
-              model=None, processor=None, before_train=None):
+def train_sft(
+    script_args: ParrotScriptArguments,
+    training_args,
+    model_args=None,
+    *,
+    mlan: bool = False,
+    model=None,
+    processor=None,
+    before_train=None,
+):
     """The steps of examples/train_sft.py (train_mlan.py with `mlan`) in one call. `training_args` is a
     `trl.SFTConfig` (a `ParrotSFTConfig` brings the paper's defaults; it is not changed), `model_args` a
     `trl.ModelConfig` (default: full fine-tuning). `model` + `processor` train an in-memory Parrot instead of
@@ -284,8 +338,14 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
     training_args, peft_config = prepare_stage(model, script_args, training_args, model_args, recipe)
     sources, ratios = mlan_sources(script_args) if mlan else (script_args.datasets, script_args.dataset_ratios)
     train_dataset, report = load_training_data(script_args, sources, ratios, seed=training_args.seed)
-    trainer = ParrotSFTTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                               processing_class=processor, peft_config=peft_config, script_args=script_args)
+    trainer = ParrotSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        script_args=script_args,
+    )
     if before_train is not None:
         before_train(trainer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -295,7 +355,16 @@ def train_sft(script_args: ParrotScriptArguments, training_args, model_args=None
 
 
 __all__ = [
-    "ParrotScriptArguments", "RECIPE_STAGE", "MODEL_CONFIG_FIELDS", "recipe_stage", "check_model_args",
+    "ParrotScriptArguments",
+    "RECIPE_STAGE",
+    "MODEL_CONFIG_FIELDS",
+    "recipe_stage",
+    "check_model_args",
     "load_model_and_processor",
-    "prepare_stage", "mlan_sources", "load_training_data", "load_preference_data", "save_trained", "train_sft",
+    "prepare_stage",
+    "mlan_sources",
+    "load_training_data",
+    "load_preference_data",
+    "save_trained",
+    "train_sft",
 ]

@@ -127,8 +127,9 @@ class ParrotForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         size = self.config.vision_config.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixel_values must have shape (num_images, 3, {size}, {size}), got "
-                             f"{tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must have shape (num_images, 3, {size}, {size}), got {tuple(pixel_values.shape)}"
+            )
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         """Visual tokens (N, L, D) after vision tower, projector and the MoE routed by each image's own prompt."""
@@ -148,8 +149,9 @@ class ParrotForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         guidance_ids, guidance_mask = _pad_guidance(kwargs[GUIDANCE_FIELD])
         text_embeds = self.language_model.embed_input_ids(guidance_ids.to(features.device))
         image_to_sample = torch.arange(features.shape[0], device=features.device)
-        mixed, _ = self.moe(features, text_embeds.to(features.dtype), guidance_mask.to(features.device),
-                            image_to_sample)
+        mixed, _ = self.moe(
+            features, text_embeds.to(features.dtype), guidance_mask.to(features.device), image_to_sample
+        )
         return mixed
 
     def forward(

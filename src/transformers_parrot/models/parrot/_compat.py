@@ -23,9 +23,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 AutoModelForVision2Seq = getattr(transformers, "AutoModelForVision2Seq", None)
 try:
-    from transformers import PreTrainedConfig
-except ImportError:  # 4.x
-    from transformers import PretrainedConfig as PreTrainedConfig
+    from transformers import PreTrainedConfig  # noqa: F401  (re-exported for configuration_parrot)
+except ImportError:  # 4.x before the rename
+    from transformers import PretrainedConfig as PreTrainedConfig  # noqa: F401
 try:
     from transformers import initialization as init
 except ImportError:  # 4.x
@@ -80,7 +80,8 @@ def keep_in_fp32_modules(names: tuple[str, ...], prefix: str = "") -> list[str]:
 # 5.23 renamed gradient checkpointing to activation checkpointing (`TrainingArguments.activation_checkpointing`,
 # `model.activation_checkpointing_enable`); the old names warn until 6.0. Delete when the oldest supported is 5.23.
 CHECKPOINTING_ARG = (
-    "activation_checkpointing" if hasattr(transformers.PreTrainedModel, "activation_checkpointing_enable")
+    "activation_checkpointing"
+    if hasattr(transformers.PreTrainedModel, "activation_checkpointing_enable")
     else "gradient_checkpointing"
 )
 
@@ -115,8 +116,13 @@ def training_defaults_mixin(warmup_ratio: float) -> type:
     spec = [(WARMUP_RATIO_ARG, float, warmup)]
     renamed = CHECKPOINTING_ARG == "activation_checkpointing"
     if renamed:
-        spec.append(("gradient_checkpointing", bool | None,
-                     dataclasses.field(default=None, metadata=meta["gradient_checkpointing"].metadata)))
+        spec.append(
+            (
+                "gradient_checkpointing",
+                bool | None,
+                dataclasses.field(default=None, metadata=meta["gradient_checkpointing"].metadata),
+            )
+        )
 
     def __post_init__(self):
         if renamed and self.gradient_checkpointing is None and self.activation_checkpointing is None:
@@ -190,12 +196,14 @@ def register_image_processor(config_class, image_processor_class) -> None:
     from transformers import AutoImageProcessor
 
     fast = not IS_TRANSFORMERS_4 and not llava_image_processor_class().__name__.endswith("Pil")
-    AutoImageProcessor.register(config_class, exist_ok=True,
-                                **{("fast" if fast else "slow") + "_image_processor_class": image_processor_class})
+    AutoImageProcessor.register(
+        config_class, exist_ok=True, **{("fast" if fast else "slow") + "_image_processor_class": image_processor_class}
+    )
 
 
 # ---- Folders readable by both majors. A folder saved on 5.x must load on 4.57 (remote code is used on whatever
 # transformers a Hub user has). Delete the writers below with 4.x support; the readers with 5.x-saved-only folders.
+
 
 def add_legacy_rope_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
     """5.0 saves the LLM's RoPE settings only as `rope_parameters`, which 4.x ignores (silently falling back to
@@ -242,14 +250,18 @@ def make_processor_files_portable(directory: Path) -> None:
         del config["extra_special_tokens"]
         return True
 
-    for name, fixer in (("preprocessor_config.json", fix_image_processor), ("processor_config.json", fix_processor),
-                        ("tokenizer_config.json", fix_tokenizer)):
+    for name, fixer in (
+        ("preprocessor_config.json", fix_image_processor),
+        ("processor_config.json", fix_processor),
+        ("tokenizer_config.json", fix_tokenizer),
+    ):
         path = Path(directory) / name
         if path.is_file():
             config = json.loads(path.read_text(encoding="utf-8"))
             if fixer(config):
-                path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
+                path.write_text(
+                    json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+                )
 
 
 # 4.x finds a processor's parts through class attributes (5.0 reads them from `__init__` and warns about the
@@ -272,9 +284,10 @@ if IS_TRANSFORMERS_4:
                 return message
 
             batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-            conversation = [[listify(m) for m in c] for c in conversation] if batched else [
-                listify(m) for m in conversation]
+            conversation = (
+                [[listify(m) for m in c] for c in conversation] if batched else [listify(m) for m in conversation]
+            )
             return super().apply_chat_template(conversation, *args, **kwargs)
 
 else:
-    from transformers.processing_utils import ProcessorMixin as ImageTextProcessorMixin
+    pass

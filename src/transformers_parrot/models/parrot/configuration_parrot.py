@@ -175,8 +175,10 @@ class ParrotConfig(PreTrainedConfig):
 
     def to_json_string(self, use_diff: bool = True) -> str:
         """As transformers writes it, plus the LLM's RoPE settings in the 4.x form (see `add_legacy_rope_fields`)."""
-        return json.dumps(add_legacy_rope_fields(json.loads(super().to_json_string(use_diff))), indent=2,
-                          sort_keys=True) + "\n"
+        return (
+            json.dumps(add_legacy_rope_fields(json.loads(super().to_json_string(use_diff))), indent=2, sort_keys=True)
+            + "\n"
+        )
 
 
 __all__ = ["ParrotConfig", "tokens_per_image"]

@@ -77,8 +77,10 @@ def to_pil_rgb(image: Any, where: str, channels_first: bool | None = None) -> Im
             "(HWC or CHW, uint8 or float in [0, 1]) or a local file path"
         )
     if image.dtype.kind not in "biuf":
-        raise ValueError(f"{where}: unsupported image array dtype {image.dtype}; use uint8, another integer type "
-                         "with values in [0, 255], bool, or float in [0, 1]")
+        raise ValueError(
+            f"{where}: unsupported image array dtype {image.dtype}; use uint8, another integer type "
+            "with values in [0, 255], bool, or float in [0, 1]"
+        )
     if image.dtype.kind == "b":
         image = image.astype(np.uint8) * 255
     array = image[:, :, None] if image.ndim == 2 else image

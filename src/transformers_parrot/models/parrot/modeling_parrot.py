@@ -156,9 +156,7 @@ class ParrotMultiModalProjector(nn.Module):
     def __init__(self, config: ParrotConfig):
         super().__init__()
         text_hidden = config.text_config.hidden_size
-        self.linear_1 = nn.Linear(
-            config.vision_config.hidden_size, text_hidden, bias=config.multimodal_projector_bias
-        )
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=config.multimodal_projector_bias)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=config.multimodal_projector_bias)
 
@@ -408,7 +406,9 @@ class ParrotModel(ParrotPreTrainedModel):
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         vision_kwargs = {} if output_attentions is None else {"output_attentions": output_attentions}
         vision_outputs = self.vision_tower(
-            pixel_values.to(self.multi_modal_projector.linear_1.weight.dtype), output_hidden_states=True, **vision_kwargs
+            pixel_values.to(self.multi_modal_projector.linear_1.weight.dtype),
+            output_hidden_states=True,
+            **vision_kwargs,
         )
         selected = vision_outputs.hidden_states[layer]
         if strategy == "default":
@@ -431,8 +431,12 @@ class ParrotModel(ParrotPreTrainedModel):
         blank = inputs_embeds.new_zeros(1, *self._pixel_shape())
         features = self.get_image_features(blank, return_dict=True).pooler_output.to(self._moe_dtype())
         if self.config.use_moe:
-            features, _ = self.moe(features, features[:, :1], features.new_ones(1, 1, dtype=torch.bool),
-                                   torch.zeros(1, dtype=torch.long, device=features.device))
+            features, _ = self.moe(
+                features,
+                features[:, :1],
+                features.new_ones(1, 1, dtype=torch.bool),
+                torch.zeros(1, dtype=torch.long, device=features.device),
+            )
         return features.sum().to(inputs_embeds.dtype) * 0.0
 
     def _moe_dtype(self) -> torch.dtype:
@@ -453,9 +457,7 @@ class ParrotModel(ParrotPreTrainedModel):
                 f"{tuple(pixel_values.shape)}; use ParrotProcessor to preprocess images"
             )
 
-    def _token_mask(
-        self, token_id: int, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor
-    ) -> torch.Tensor:
+    def _token_mask(self, token_id: int, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """(B, S) bool: where the token is `token_id`, from ids or, for an embeds-only call, by embedding equality."""
         if input_ids is not None:
             return input_ids == token_id
@@ -498,7 +500,9 @@ class ParrotModel(ParrotPreTrainedModel):
     ) -> torch.Tensor:
         """(B, S) bool: the prompt tokens that guide the router (see `guidance_mask`), from ids or, for an
         embeds-only call, by embedding equality."""
-        matches = [self._token_mask(token_id, input_ids, inputs_embeds) for token_id in self.config.assistant_header_ids]
+        matches = [
+            self._token_mask(token_id, input_ids, inputs_embeds) for token_id in self.config.assistant_header_ids
+        ]
         return guidance_mask(matches, image_mask, attention_mask)
 
     @can_return_tuple

@@ -56,8 +56,14 @@ class ParrotProcessor(ImageTextProcessorMixin):
         image_seq_length: number of visual tokens per image (577 = CLS + 24×24 patches for ViT-L/14 at 336 px).
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None,
-                 image_seq_length: int = DEFAULT_IMAGE_SEQ_LENGTH, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        image_seq_length: int = DEFAULT_IMAGE_SEQ_LENGTH,
+        **kwargs,
+    ):
         if tokenizer is None:
             raise ValueError("ParrotProcessor needs a tokenizer (a Qwen2 fast tokenizer with an <image> token)")
         if int(image_seq_length) < 1:
@@ -66,8 +72,12 @@ class ParrotProcessor(ImageTextProcessorMixin):
         self.image_seq_length = int(image_seq_length)
         self.image_token = IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        super().__init__(image_processor if image_processor is not None else ParrotImageProcessor(), tokenizer,
-                         chat_template=chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE, **kwargs)
+        super().__init__(
+            image_processor if image_processor is not None else ParrotImageProcessor(),
+            tokenizer,
+            chat_template=chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE,
+            **kwargs,
+        )
 
     @property
     def assistant_header_ids(self) -> list[int]:
@@ -78,8 +88,9 @@ class ParrotProcessor(ImageTextProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
-    def __call__(self, images: ImageInput | None = None, text: str | list[str] | None = None,
-                 **kwargs) -> BatchFeature:
+    def __call__(
+        self, images: ImageInput | None = None, text: str | list[str] | None = None, **kwargs
+    ) -> BatchFeature:
         """Tokenize `text` (one ``<image>`` per image), expand the placeholders and preprocess `images` (one list per
         sample, or flat in placeholder order). Keyword arguments are transformers' `ProcessingKwargs`: flat or grouped
         (``text_kwargs=``, ``images_kwargs=``, ``common_kwargs=``), merged with the tokenizer's own defaults."""
@@ -95,8 +106,10 @@ class ParrotProcessor(ImageTextProcessorMixin):
         text_kwargs = merged["text_kwargs"]
         images_kwargs = {**merged["images_kwargs"], "return_tensors": None}
         return_tensors = text_kwargs.pop("return_tensors", None)
-        padding = {key: text_kwargs.pop(key, None) for key in
-                   ("padding", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask")}
+        padding = {
+            key: text_kwargs.pop(key, None)
+            for key in ("padding", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask")
+        }
         truncation = text_kwargs.pop("truncation", None)
         for key in _NOT_PRODUCED:
             text_kwargs.pop(key, None)
@@ -109,14 +122,20 @@ class ParrotProcessor(ImageTextProcessorMixin):
             self._truncate(encoding, padding["max_length"], counts)
         offsets = encoding.pop("offset_mapping", None)
         pad_to = padding["max_length"] if padding["padding"] == "max_length" else None  # else only for truncation
-        encoding = self.tokenizer.pad(encoding, padding=padding["padding"] or False, max_length=pad_to,
-                                      pad_to_multiple_of=padding["pad_to_multiple_of"],
-                                      padding_side=padding["padding_side"],
-                                      return_attention_mask=padding["return_attention_mask"])
+        encoding = self.tokenizer.pad(
+            encoding,
+            padding=padding["padding"] or False,
+            max_length=pad_to,
+            pad_to_multiple_of=padding["pad_to_multiple_of"],
+            padding_side=padding["padding_side"],
+            return_attention_mask=padding["return_attention_mask"],
+        )
         data = dict(encoding)
         if offsets is not None:  # padding positions get (0, 0), as the tokenizer gives special tokens
-            data["offset_mapping"] = [_pad_like(offs, ids, padding["padding_side"] or self.tokenizer.padding_side)
-                                      for offs, ids in zip(offsets, data["input_ids"])]
+            data["offset_mapping"] = [
+                _pad_like(offs, ids, padding["padding_side"] or self.tokenizer.padding_side)
+                for offs, ids in zip(offsets, data["input_ids"])
+            ]
         if flat_images:
             pixel_values = self.image_processor(flat_images, **images_kwargs)["pixel_values"]
             data["pixel_values"] = np.stack([np.asarray(p, dtype=np.float32) for p in pixel_values])
@@ -139,22 +158,31 @@ class ParrotProcessor(ImageTextProcessorMixin):
             for i, (sample, count) in enumerate(zip(per_sample, counts)):
                 if len(sample) != count:
                     raise ValueError(
-                        f"Sample {i}: {count} <image> placeholder(s) in the text but {len(sample)} image(s) given")
+                        f"Sample {i}: {count} <image> placeholder(s) in the text but {len(sample)} image(s) given"
+                    )
             return [image for sample in per_sample for image in sample]
         if len(images) != total:
             if total == 0:
-                raise ValueError(f"Got {len(images)} image(s) but the text has no <image> placeholder; put one <image> "
-                                 "in the text per image (the chat template does this for {'type': 'image'} items)")
+                raise ValueError(
+                    f"Got {len(images)} image(s) but the text has no <image> placeholder; put one <image> "
+                    "in the text per image (the chat template does this for {'type': 'image'} items)"
+                )
             detail = ", ".join(f"sample {i}: {c}" for i, c in enumerate(counts))
             raise ValueError(f"Got {len(images)} image(s) but the text has {total} <image> placeholder(s) ({detail})")
         return list(images)
 
     def _expand_image_tokens(self, encoding) -> dict[str, list]:
         """Repeat every ``<image>`` id (and its offsets, token type, ...) `image_seq_length` times."""
-        repeats = [np.where(np.asarray(ids) == self.image_token_id, self.image_seq_length, 1)
-                   for ids in encoding["input_ids"]]
-        return {key: [np.repeat(np.asarray(row), n, axis=0).tolist() if isinstance(row, list) else row
-                      for row, n in zip(rows, repeats)] for key, rows in encoding.items()}
+        repeats = [
+            np.where(np.asarray(ids) == self.image_token_id, self.image_seq_length, 1) for ids in encoding["input_ids"]
+        ]
+        return {
+            key: [
+                np.repeat(np.asarray(row), n, axis=0).tolist() if isinstance(row, list) else row
+                for row, n in zip(rows, repeats)
+            ]
+            for key, rows in encoding.items()
+        }
 
     def _truncate(self, encoding: dict[str, list], max_length: int | None, counts: list[int]) -> None:
         """Truncate on the tokenizer's side to `max_length` (or `model_max_length`), refusing to cut image tokens."""
@@ -191,8 +219,11 @@ def _pad_like(offsets: list, ids: list, side: str) -> list:
 
 def _validate_tokenizer(tokenizer) -> None:
     vocab = tokenizer.get_vocab()
-    missing = [token for token in (IMAGE_TOKEN, IM_START, IM_END)
-               if vocab.get(token) is None or list(tokenizer.encode(token, add_special_tokens=False)) != [vocab[token]]]
+    missing = [
+        token
+        for token in (IMAGE_TOKEN, IM_START, IM_END)
+        if vocab.get(token) is None or list(tokenizer.encode(token, add_special_tokens=False)) != [vocab[token]]
+    ]
     if missing:
         raise ValueError(
             f"The tokenizer must encode {missing} as single tokens. Add them with "
