@@ -290,4 +290,4 @@ if IS_TRANSFORMERS_4:
             return super().apply_chat_template(conversation, *args, **kwargs)
 
 else:
-    pass
+    from transformers.processing_utils import ProcessorMixin as ImageTextProcessorMixin  # noqa: F401  (re-exported)
