@@ -8,6 +8,7 @@ Deterministic: `derandomize=True`, bounded `max_examples`.
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -123,7 +124,7 @@ def _mutate(draw, value):
 @st.composite
 def llava_entries(draw):
     """A LLaVA entry: usually well-formed (tag count off now and then), one part replaced by arbitrary JSON at times."""
-    image = draw(st.sampled_from(IMAGE_FIELDS))
+    image = copy.deepcopy(draw(st.sampled_from(IMAGE_FIELDS)))  # `_mutate` edits the entry in place
     n_images = 0 if image in (None, "", []) else 1 if isinstance(image, str) else len(image)
     n_tags = draw(st.sampled_from([n_images, n_images, n_images, n_images + 1, max(n_images - 1, 0)]))
     user, assistant = draw(st.sampled_from([("human", "gpt"), ("user", "assistant"), ("human", "robot")]))
