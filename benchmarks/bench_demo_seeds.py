@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The five-seed check of `parrot-demo` (issue 13): with the default settings, every seed must reach the demo's
+"""The five-seed check of `parrot-demo`: with the default settings, every seed must reach the demo's
 target accuracy (`transformers_parrot.demo.run.TARGET_ACCURACY`) in every language, within the time budget.
 
 Runs ``parrot-demo --seed S`` (default settings, one fresh process per seed, one after the other so the runs do

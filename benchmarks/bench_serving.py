@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Serving benchmark (issue 12): Parrot through vLLM (offline `LLM.generate` and the OpenAI server under concurrency)
+"""Serving benchmark: Parrot through vLLM (offline `LLM.generate` and the OpenAI server under concurrency)
 against transformers `generate` at its best batch size, on the same saved model and the same requests.
 
 The model has the `small` preset's shapes of `bench_vs_llava.py` (CLIP 336 px / patch 14 → 577 visual tokens,

@@ -82,8 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "answer_tokens": 8,
         "repeats": 2,
     },
-    # ~100M parameters; the MoE is exactly the measurement setting (batch 8, 577 tokens, hidden 1024,
-    # intermediate 1024, 6 experts); a light CLIP at 336 px / patch 14 gives Parrot's 577 visual tokens.
+    # ~100M parameters; the MoE alone is measured at batch 8, 577 tokens, hidden 1024,
+    # intermediate 1024, 6 experts; a light CLIP at 336 px / patch 14 gives Parrot's 577 visual tokens.
     "small": {
         "vision": {
             "hidden_size": 256,
