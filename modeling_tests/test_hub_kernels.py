@@ -54,8 +54,8 @@ def test_releases_before_5_25_get_no_keyword(monkeypatch):
 
 @pytest.mark.compat
 def test_loads_without_kernels_and_gives_the_same_logits(saved, monkeypatch):
-    """On the installed transformers (5.25 with no compatible `kernels` here), with the variable that turns Hub
-    kernels off unset: the Auto class and the class itself load, unkernelized, with the saved model's logits."""
+    """On the installed transformers, with the variable that turns Hub kernels off unset: the Auto class and the
+    class itself load (unkernelized where Hub kernels cannot load) with the saved model's logits."""
     monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
     directory, reference = saved
     inputs = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
@@ -69,12 +69,36 @@ def test_loads_without_kernels_and_gives_the_same_logits(saved, monkeypatch):
             torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
 
 
+def _replaced_layers(model) -> list[str]:
+    """Modules declaring a Hub kernel layer whose forward `kernelize` swapped for a kernel's (it binds the kernel
+    layer's forward on the instance)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if hasattr(module, "kernel_layer_name") and "forward" in vars(module)
+    ]
+
+
 @pytest.mark.compat
-def test_explicit_use_kernels_true_without_kernels_is_transformers_error(saved):
-    """`use_kernels=True` must do what it says: without a compatible `kernels` package it fails, it is not dropped."""
-    if _compat.use_kernels_kwargs() != {"use_kernels": False}:
-        pytest.skip(
-            "needs transformers 5.25+ where Hub kernels cannot load (no compatible `kernels` package, or offline)"
-        )
-    with pytest.raises(ValueError, match="Kernels are not available"):
-        ParrotForConditionalGeneration.from_pretrained(saved[0], use_kernels=True)
+def test_explicit_use_kernels_true_is_honoured(saved):
+    """`use_kernels=True` must do what it says: with a compatible `kernels` package the model is kernelized (on CPU
+    the default mapping has no kernel for any of Parrot's layers, so nothing is replaced and the logits are the
+    saved model's, bit for bit); without one it fails with transformers' error instead of being dropped."""
+    from transformers.utils.import_utils import is_kernels_available
+
+    if not _compat.HUB_KERNELS_BY_DEFAULT:
+        pytest.skip("Hub kernels by default start with transformers 5.25")
+    directory, reference = saved
+    if not is_kernels_available():
+        with pytest.raises(ValueError, match="Kernels are not available"):
+            ParrotForConditionalGeneration.from_pretrained(directory, use_kernels=True)
+        return
+    model = ParrotForConditionalGeneration.from_pretrained(directory, use_kernels=True).eval()
+    assert model.use_kernels
+    declared = {module.kernel_layer_name for module in model.modules() if hasattr(module, "kernel_layer_name")}
+    assert {"RMSNorm", "SiLU", "QuickGELU", "GeLU"} <= declared  # the LLM's, CLIP's and the projector's layers
+    if model.device.type == "cpu":
+        assert _replaced_layers(model) == []
+    inputs = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=0)
