@@ -442,8 +442,19 @@ VALUES: dict[str, Callable[[], str]] = {
     ),
     "eval_vllm_ratio": lambda: f"{(result('eval_throughput_cpu.json')['ratios_over_hf_best'] or {})['vllm']:.2f}",
     "eval_2proc_ratio": lambda: f"{(result('eval_throughput_cpu.json')['ratios_over_hf_best'] or {})['hf_2proc']:.2f}",
+    "small_cpu_train_flop_ratio": lambda: (
+        f"{result('small_cpu.json')['flops']['parrot_train_flops'] / result('small_cpu.json')['flops']['llava_train_flops']:.3f}"
+    ),
+    "small_cpu_prefill_b1_spread": lambda: _spread("prefill_b1"),
+    "small_cpu_prefill_b8_spread": lambda: _spread("prefill_b8"),
+    "small_cpu_moe_efficiency_spread": lambda: _spread("moe_matmul_efficiency"),
     "small_cpu_bitwise": lambda: str(result("small_cpu.json")["correctness"]["bitwise_equal_use_moe_false"]).lower(),
 }
+
+
+def _spread(target: str) -> str:
+    rounds = result("small_cpu.json")["targets"][target]["per_round"]
+    return f"{rounds['min']:.3f}–{rounds['max']:.3f}"
 
 
 def demo_model_parameters() -> str:
