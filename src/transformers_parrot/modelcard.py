@@ -11,8 +11,10 @@ license and, given evaluation results, a ``model-index``), so the card parses ba
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,49 @@ from .benchmark_specs import is_builtin_benchmark, model_index
 from .languages import LANGUAGES, UnknownLanguageError, normalize_language
 
 PAPER = "https://arxiv.org/abs/2406.02539"
+DISTRIBUTION = "transformers-parrot"
+# The packages whose declared range the card states: (name in the metadata, extra it comes with or None)
+TESTED_PACKAGES = (("transformers", None), ("torch", None), ("bitsandbytes", "quant"))
+QUANTIZATION_DOCS = "quantization.md"
+
+
+def _metadata():
+    try:
+        return importlib.metadata.metadata(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tested_versions() -> dict[str, str]:
+    """{package: version range} for `TESTED_PACKAGES`, read from this package's installed metadata (the ranges of
+    pyproject.toml, which admit exactly the tested releases); empty when the package is not installed."""
+    metadata = _metadata()
+    if metadata is None:
+        return {}
+    from packaging.requirements import Requirement
+
+    ranges: dict[str, str] = {}
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(line)
+        for name, extra in TESTED_PACKAGES:
+            in_extra = requirement.marker is not None and requirement.marker.evaluate({"extra": extra or ""})
+            wanted = requirement.marker is None if extra is None else in_extra
+            if requirement.name == name and wanted and name not in ranges:
+                # lower bounds first: ">=4.57,<5.26"
+                specs = sorted(requirement.specifier, key=lambda s: (not s.operator.startswith(">"), s.version))
+                ranges[name] = ",".join(str(spec) for spec in specs)
+    return ranges
+
+
+def documentation_url(page: str = "") -> str | None:
+    """The project's documentation URL (`[project.urls] Documentation` in pyproject.toml, from the installed
+    metadata), with `page` appended; None when unknown."""
+    metadata = _metadata()
+    for entry in (metadata.get_all("Project-URL") or []) if metadata is not None else []:
+        label, _, url = entry.partition(",")
+        if re.sub(r"[\W_]", "", label).lower() == "documentation":
+            return url.strip().rstrip("/") + (f"/{page}" if page else "")
+    return None
 
 
 def eval_results_from(results: str | os.PathLike | Mapping | None, model_name: str) -> list[EvalResult]:
@@ -86,11 +131,42 @@ def _describe(config: Any) -> list[str]:
     ]
 
 
+def _versions_line() -> str:
+    ranges = tested_versions()
+    if not ranges:
+        return "Install `transformers` (5.x, or 4.57)."
+    names = {"bitsandbytes": "bitsandbytes (4-bit / 8-bit loading)"}
+    stated = ", ".join(f"{names.get(name, name)} `{spec}`" for name, spec in ranges.items())
+    return f"Tested versions (the ranges `{DISTRIBUTION}` declares): {stated}."
+
+
+def quantized_snippet(repo_id: str, trust_remote_code: bool = True) -> str:
+    """Loading in 4 bits with a plain `BitsAndBytesConfig` (bitsandbytes; GPU, or its CPU backend)."""
+    trc = ", trust_remote_code=True" if trust_remote_code else ""
+    docs = documentation_url(QUANTIZATION_DOCS)
+    more = f" 8-bit loading, QLoRA and memory per GPU: [quantization docs]({docs})." if docs else ""
+    return f"""\
+4-bit loading (`pip install bitsandbytes`): only the LLM's linear layers are quantized; the vision tower, the
+projector and the multilingual MoE (router and experts) and `lm_head` stay unquantized by the model's own
+declaration, so every image is routed exactly as by the unquantized checkpoint. No skip list is needed.{more}
+
+```python
+import torch
+from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                         bnb_4bit_compute_dtype=torch.bfloat16)
+model = AutoModelForImageTextToText.from_pretrained("{repo_id}", quantization_config=quantization_config,
+                                                    dtype=torch.bfloat16, device_map="auto"{trc}).eval()
+```
+"""
+
+
 def usage_snippets(repo_id: str, trust_remote_code: bool = True) -> str:
     trc = ", trust_remote_code=True" if trust_remote_code else ""
     return f"""\
-Install `transformers` (5.x, or 4.57). With `pip install transformers-parrot` the classes are also available
-natively (`import transformers_parrot`) and `trust_remote_code` is not needed.
+{_versions_line()} With `pip install transformers-parrot` the classes are also available natively
+(`import transformers_parrot`) and `trust_remote_code` is not needed.
 
 ```python
 import torch
@@ -196,7 +272,7 @@ def build_model_card(
         lines += ["## Training", "", training, ""]
     if config is not None:
         lines += ["## Architecture", "", *_describe(config), ""]
-    lines += ["## Usage", "", usage_snippets(repo_id), ""]
+    lines += ["## Usage", "", usage_snippets(repo_id), "", quantized_snippet(repo_id), ""]
     lines += [
         'Prompts use ChatML with the default system prompt "You are a helpful assistant."; the image goes '
         "before the user's text. Generation stops at `<|im_end|>`.",
@@ -230,4 +306,12 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
-__all__ = ["build_model_card", "write_model_card", "eval_results_from", "usage_snippets"]
+__all__ = [
+    "build_model_card",
+    "write_model_card",
+    "eval_results_from",
+    "usage_snippets",
+    "quantized_snippet",
+    "tested_versions",
+    "documentation_url",
+]
