@@ -17,7 +17,13 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from transformers_parrot.assets import bundled_image
-from transformers_parrot.cli_utils import DTYPE_CHOICES, torch_dtype
+from transformers_parrot.cli_utils import (
+    DTYPE_CHOICES,
+    check_file,
+    check_model,
+    first_input_error,
+    torch_dtype,
+)
 from transformers_parrot.languages import example_questions
 from transformers_parrot.quantization import (
     QuantizationSetupError,
@@ -63,7 +69,12 @@ def main(argv: list[str] | None = None) -> None:
         from transformers_parrot.demo.run import main as demo_main
 
         raise SystemExit(demo_main([]))
-    try:  # checked before any model is loaded
+    problem = first_input_error(  # every path and model checked before any model is loaded
+        vars(args), {"model": check_model, "image": check_file, "quantization_config": check_file}
+    )
+    if problem:
+        parser.error(problem)  # usage + "error: --flag VALUE: ..." on stderr, exit code 2
+    try:
         image = load_image(args.image) if args.image else bundled_image()
     except ValueError as e:
         parser.error(str(e))  # usage + "error: ..." on stderr, exit code 2

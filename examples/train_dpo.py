@@ -13,12 +13,13 @@ message) and `image`/`images`. Every DPOConfig / ModelConfig flag works or is re
 max_length 2048).
 """
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from transformers_parrot.training import (
     ParrotDPOConfig,
     ParrotDPOTrainer,
     ParrotScriptArguments,
+    ParrotTrlParser,
     load_model_and_processor,
     load_preference_data,
     prepare_stage,
@@ -67,8 +68,9 @@ def main(
     return trainer
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((ParrotScriptArguments, ParrotDPOConfig, ModelConfig))
+def make_parser() -> ParrotTrlParser:
+    # TRL's parser; every model, data, folder and file argument is checked after parsing, before anything loads
+    return ParrotTrlParser((ParrotScriptArguments, ParrotDPOConfig, ModelConfig))
 
 
 if __name__ == "__main__":

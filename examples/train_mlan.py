@@ -9,12 +9,13 @@ share of visual samples in the same batches. Trains like stage 2 (projector + Mo
 from `--config recipe.yaml`; flags left unset follow the paper (`ParrotSFTConfig`, with stage 2's learning rate).
 """
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from transformers_parrot.training import (
     ParrotScriptArguments,
     ParrotSFTConfig,
     ParrotSFTTrainer,
+    ParrotTrlParser,
     load_model_and_processor,
     load_training_data,
     mlan_sources,
@@ -65,8 +66,9 @@ def main(
     return trainer
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((ParrotScriptArguments, ParrotSFTConfig, ModelConfig))
+def make_parser() -> ParrotTrlParser:
+    # TRL's parser; every model, data, folder and file argument is checked after parsing, before anything loads
+    return ParrotTrlParser((ParrotScriptArguments, ParrotSFTConfig, ModelConfig))
 
 
 if __name__ == "__main__":

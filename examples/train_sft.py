@@ -17,12 +17,13 @@ unset follow the paper (`ParrotSFTConfig`: the stage's learning rate, cosine sch
 max_length 2048, ...).
 """
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from transformers_parrot.training import (
     ParrotScriptArguments,
     ParrotSFTConfig,
     ParrotSFTTrainer,
+    ParrotTrlParser,
     load_model_and_processor,
     load_training_data,
     prepare_stage,
@@ -74,8 +75,9 @@ def main(
     return trainer
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((ParrotScriptArguments, ParrotSFTConfig, ModelConfig))
+def make_parser() -> ParrotTrlParser:
+    # TRL's parser; every model, data, folder and file argument is checked after parsing, before anything loads
+    return ParrotTrlParser((ParrotScriptArguments, ParrotSFTConfig, ModelConfig))
 
 
 if __name__ == "__main__":

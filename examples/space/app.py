@@ -13,13 +13,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
-import torch
-
-from transformers_parrot.chat.app import ChatApp
-from transformers_parrot.chat.backend import LocalBackend
+from transformers_parrot.cli_utils import InputError, check_model, check_output_folder, first_input_error
 
 DEFAULT_MODEL = "AIDC-AI/Parrot-7B"
+
+
+def check_settings(model: str, cache: str | None) -> None:
+    """`PARROT_MODEL` (a model folder or a well-formed Hub id) and `PARROT_CACHE` (a folder it can write) checked
+    before anything is downloaded or loaded; InputError ``NAME VALUE: problem`` otherwise."""
+    problem = first_input_error(
+        {"PARROT_MODEL": model, "PARROT_CACHE": cache},
+        {"PARROT_MODEL": check_model, "PARROT_CACHE": check_output_folder},
+    )
+    if problem:
+        raise InputError(problem)
 
 
 def _config(model: str) -> dict:
@@ -50,9 +59,17 @@ def model_folder(model: str, cache: str) -> str:
     return output
 
 
-def build(model: str | None = None) -> ChatApp:
+def build(model: str | None = None):
+    """The chat app (`transformers_parrot.chat.app.ChatApp`) for `model` (default: `PARROT_MODEL`)."""
     model = model or os.environ.get("PARROT_MODEL", DEFAULT_MODEL)
+    check_settings(model, os.environ.get("PARROT_CACHE") or None)
     cache = os.environ.get("PARROT_CACHE") or ("/data" if os.path.isdir("/data") else "converted")
+
+    import torch
+
+    from transformers_parrot.chat.app import ChatApp
+    from transformers_parrot.chat.backend import LocalBackend
+
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     backend = LocalBackend.from_pretrained(model_folder(model, cache), dtype=dtype, device="auto")
     backend.name = model
@@ -61,5 +78,18 @@ def build(model: str | None = None) -> ChatApp:
     )
 
 
+def main() -> int:
+    port = os.environ.get("PORT", "7860")
+    try:
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise InputError(f"PORT {port}: not a port number (1-65535)")
+        app = build()
+    except InputError as e:
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 2
+    app.launch(host="0.0.0.0", port=int(port))
+    return 0
+
+
 if __name__ == "__main__":
-    build().launch(host="0.0.0.0", port=int(os.environ.get("PORT", 7860)))
+    sys.exit(main())

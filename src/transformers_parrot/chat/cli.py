@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ..cli_utils import DTYPE_CHOICES, add_flag, torch_dtype
+from ..cli_utils import DTYPE_CHOICES, InputError, add_flag, check_file, check_model, first_input_error, torch_dtype
 from ..quantization import QuantizationSetupError, add_quantization_flags, quantization_config_from_args
 
 DEMO_MODEL = os.path.join("parrot-demo-output", "model")  # where `parrot-demo` saves its model
@@ -63,10 +63,30 @@ def resolve_model(model: str | None) -> tuple[str | None, str | None]:
     )
 
 
+def check_server_url(value: str) -> str:
+    """An http(s) URL with a host (the vLLM server's address)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise InputError("not an http:// or https:// URL with a host (e.g. http://localhost:8000)")
+    return value
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """The first model, server or file argument that cannot work (``--flag VALUE: problem``), else None."""
+    checks = {"model": check_model, "server": check_server_url, "quantization_config": check_file}
+    return first_input_error(vars(args), checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_images < 1 or args.concurrency < 1:
-        print("parrot-chat: --max_images and --concurrency must be at least 1", file=sys.stderr)
+        print("parrot-chat: error: --max_images and --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    problem = check_inputs(args)
+    if problem:
+        print(f"parrot-chat: error: {problem}", file=sys.stderr)
         return 2
     try:
         quantization = quantization_config_from_args(args, torch_dtype(args.dtype))

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli_utils import add_flag
+from ..cli_utils import InputError, add_flag, check_file, check_model, check_output_folder, first_input_error
 from .converter import convert
 from .errors import EXIT_HUB_ERROR, EXIT_INPUT_ERROR, EXIT_OK, EXIT_VERIFICATION_FAILED, ConversionError, PublishError
 from .hub import check_push_target, push_folder
@@ -84,9 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint(value: str) -> str:
+    """A local folder must hold config.json; a name that is no folder is left to `resolve_checkpoint` (a mistyped
+    folder, a Hub repo id, an offline Hub: each gets its own message there)."""
+    return check_model(value) if Path(value).expanduser().is_dir() else value
+
+
+def _converted(value: str) -> str:
+    """--verify_only's --output: a folder holding a converted model."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError("is a file; expected the folder of a converted model")
+    if not (path / "config.json").is_file():
+        raise InputError("holds no converted model (no config.json): convert first")
+    return value
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """The first path argument that cannot work (``--flag VALUE: problem``), else None, before anything is read or
+    written. A name that is not a local folder (`--input`, `--vision_tower`) is resolved by `convert` / `verify`,
+    which say whether it is a missing folder (with the closest name) or a Hub repo that cannot be fetched."""
+    checks = {
+        "input": _checkpoint,
+        "output": _converted if args.verify_only else check_output_folder,
+        "vision_tower": _checkpoint,
+        "results": check_file,
+    }
+    return first_input_error(vars(args), checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    problem = check_inputs(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     try:
         target = check_push_target(args.push_to_hub) if args.push_to_hub else None
         if not args.verify_only:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from transformers.utils.logging import get_logger
 
-from ..cli_utils import add_flag
+from ..cli_utils import add_flag, check_output_folder, first_input_error
 from ..languages import LANGUAGES
 from .data import write_test_tsvs, write_training_data
 from .model import DemoModelConfig
@@ -686,6 +686,9 @@ def settings_from_args(args) -> DemoSettings:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = first_input_error(vars(args), {"output": check_output_folder})
+    if problem:
+        parser.error(problem)  # checked before any data is drawn or written
     try:
         settings = settings_from_args(args)
     except ValueError as error:

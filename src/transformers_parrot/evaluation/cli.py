@@ -15,7 +15,18 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli_utils import DTYPE_CHOICES, add_flag, torch_dtype
+from ..benchmark_specs import BENCHMARKS, is_builtin_benchmark
+from ..cli_utils import (
+    DTYPE_CHOICES,
+    InputError,
+    add_flag,
+    check_file,
+    check_folder,
+    check_model,
+    check_output_folder,
+    first_input_error,
+    torch_dtype,
+)
 from ..languages import LANGUAGES, UnknownLanguageError
 from ..quantization import QuantizationSetupError, add_quantization_flags, quantization_config_from_args
 from . import runner
@@ -56,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(
         p, "languages", default=None, help=f"comma-separated codes (default: all of {','.join(LANGUAGES)}; 'cn' = zh)"
     )
-    add_flag(p, "data_dir", default=None, help="folder holding the benchmark TSVs (downloaded there when missing)")
+    add_flag(
+        p,
+        "data_dir",
+        default=None,
+        help="folder holding the benchmark TSVs (downloaded there when missing; with --no_download it must exist)",
+    )
     add_flag(p, "output", required=True, help="output folder (predictions.jsonl, results.json, tables, plot)")
     add_flag(
         p,
@@ -153,6 +169,38 @@ def check_backend_flags(args: argparse.Namespace) -> str | None:
     return None
 
 
+def split_benchmarks(text: str) -> list[str]:
+    """`--benchmark`'s comma-separated items."""
+    return [b.strip() for b in text.split(",") if b.strip()] if "," in text else [text]
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """The first model, benchmark, folder or file argument that cannot work, as ``--flag VALUE: problem``; None
+    when all can. Only the local file system is looked at (a Hub id is checked for its syntax)."""
+    data_dir = args.data_dir
+
+    def benchmark(value: str) -> str:
+        if is_builtin_benchmark(value):
+            return value
+        if data_dir is not None and not os.path.exists(value) and (Path(data_dir) / value).is_file():
+            value = str(Path(data_dir) / value)
+        try:
+            return check_file(value)
+        except InputError as e:
+            raise InputError(f"neither one of {', '.join(BENCHMARKS)} nor a readable TSV file ({e})") from None
+
+    checks = {
+        "model": check_model,
+        "output": check_output_folder,
+        # --no_download: the benchmark files must be there already; else they are downloaded into it
+        "data_dir": check_folder if args.no_download else check_output_folder,
+        "quantization_config": check_file,
+    }
+    return first_input_error(vars(args), checks) or first_input_error(
+        {"benchmark": split_benchmarks(args.benchmark)}, {"benchmark": benchmark}
+    )
+
+
 def backend_kwargs(args: argparse.Namespace) -> dict:
     """The backend-specific arguments of `runner.load_predictor`."""
     if args.backend == "vllm":
@@ -181,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         return error("--batch_size must be >= 1")
-    problem = check_backend_flags(args) or missing_extra()
+    problem = check_backend_flags(args) or check_inputs(args) or missing_extra()
     if problem:
         return error(problem)
-    benchmarks = [b for b in args.benchmark.split(",") if b.strip()] if "," in args.benchmark else [args.benchmark]
+    benchmarks = split_benchmarks(args.benchmark)
     try:
         # Validate the data first: a wrong path or column layout fails before a model is loaded.
         datas = [

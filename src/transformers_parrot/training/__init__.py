@@ -41,6 +41,8 @@ _LAZY = {
     "load_preference_data": "scripts",
     "save_trained": "scripts",
     "train_sft": "scripts",
+    "ParrotTrlParser": "inputs",
+    "check_script_inputs": "inputs",
 }
 
 
@@ -86,4 +88,6 @@ __all__ = [
     "load_preference_data",
     "save_trained",
     "train_sft",
+    "ParrotTrlParser",
+    "check_script_inputs",
 ]
