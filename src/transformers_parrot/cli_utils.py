@@ -72,7 +72,7 @@ def _missing(value: str, what: str) -> str:
 
 def _readable_dir(path: Path, value: str) -> None:
     if not os.access(path, os.R_OK | os.X_OK):
-        raise InputError(f"folder {value} is not readable")
+        raise InputError("folder is not readable")
 
 
 def _readable_file(path: Path) -> None:
