@@ -480,3 +480,41 @@ def test_first_input_error_labels():
     message = cli_utils.first_input_error({"model": ["ok/id", "a//b"]}, checks)
     assert message.startswith("--model a//b: neither a local model folder nor a valid Hub id")
     assert cli_utils.first_input_error({"PARROT_MODEL": "../x y"}, checks).startswith("PARROT_MODEL ../x y: no such")
+
+
+def test_parrot_eval_data_dir_must_exist_without_download(root, monkeypatch, capsys):
+    """--data_dir is where the benchmark files are downloaded (created when missing); with --no_download it must
+    hold them already."""
+    values = {**COMMANDS["parrot-eval"].good(root), "benchmark": "mmmb", "data_dir": str(root / "no-such-data")}
+    with pytest.raises(AssertionError, match="work started"):  # a new folder: the download goes there
+        run_eval(values, monkeypatch)
+    code = run_eval({**values, "no_download": True}, monkeypatch)
+    assert_input_error(code, capsys.readouterr().err, "--data_dir", "missing")
+
+
+def test_parrot_eval_checks_every_benchmark_of_a_list(root, monkeypatch, capsys):
+    values = {**COMMANDS["parrot-eval"].good(root), "benchmark": f"mmmb,{root / 'bench_en.tsv'},{root / 'gone.tsv'}"}
+    line = assert_input_error(run_eval(values, monkeypatch), capsys.readouterr().err, "--benchmark", "missing")
+    assert "gone.tsv" in line and "bench_en.tsv" not in line
+
+
+def test_check_script_inputs_for_programs_that_build_the_dataclasses(root):
+    """The library check behind ParrotTrlParser, on dataclasses built in Python; --hub_model_id with
+    --push_to_hub is checked as a repo id."""
+    pytest.importorskip("trl")
+    from trl import ModelConfig
+
+    from transformers_parrot.training import ParrotScriptArguments, ParrotSFTConfig, check_script_inputs
+
+    config = ParrotSFTConfig(output_dir=str(root / "never-sft"), report_to="none", use_cpu=True, bf16=False)
+    good = ParrotScriptArguments(datasets=[str(root / "data.json")])
+    check_script_inputs(good, config, ModelConfig(model_name_or_path=str(root / "model")))
+    with pytest.raises(InputError, match=r"^--datasets .*data\.tsv: unsupported file type \.tsv"):
+        check_script_inputs(ParrotScriptArguments(datasets=[str(root / "data.tsv")]), config, ModelConfig())
+    pushed = ParrotSFTConfig(
+        output_dir=str(root / "never-sft"), report_to="none", use_cpu=True, bf16=False, push_to_hub=True
+    )
+    pushed.hub_model_id = "me//model"  # set after __post_init__, which would otherwise ask the Hub for a token
+    with pytest.raises(InputError, match=r"^--hub_model_id me//model: not a valid Hub id"):
+        check_script_inputs(good, pushed, ModelConfig())
+    assert not (root / "never-sft").exists()
