@@ -17,8 +17,8 @@ Stages (all under `--output`, default ``parrot-demo-output/``), each with its ow
    which is what makes the from-scratch tower learn fast and the same way for every seed. Stage 2 switches the MoE
    on and trains on descriptions and questions in every language, with the LLM and the tower at a thirtieth of the
    projector's and MoE's rate, so turning the English-biased visual tokens into language-specific ones is left to
-   the MoE: the answers need its routing (`benchmarks/bench_routing_ablation.py`, README). `--fast_llm` is the
-   earlier recipe (English descriptions only in stage 1, everything at 1e-3 in stage 2): as accurate, but the LLM
+   the MoE: the answers need its routing (`benchmarks/bench_routing_ablation.py`, docs/demo.md). `--fast_llm` is a
+   faster-learning LLM recipe (English descriptions only in stage 1, everything at 1e-3 in stage 2): as accurate, but the LLM
    then does the language work itself and the routing is decoration.
 4. evaluation: `transformers_parrot.evaluation.evaluate` on the six TSVs in one call (``eval/``), then the
    routing per language and the figures (`demo.plots`).
@@ -52,7 +52,7 @@ from .model import DemoModelConfig
 
 logger = get_logger(__name__)
 
-TARGET_ACCURACY = 75.0  # % per language, the demo's promise for seeds 0-4 at the default settings (README)
+TARGET_ACCURACY = 75.0  # % per language, the demo's promise for seeds 0-4 at the default settings (docs/demo.md)
 
 
 @dataclass
@@ -91,8 +91,8 @@ class DemoSettings:
         return min(self.images, self.stage1_steps * self.batch_size)
 
 
-# `--fast_llm`: the earlier default. Stage 1 on English descriptions only, stage 2 trains everything at 1e-3: as
-# accurate (five seeds 98-100 %), but any fixed routing changes no answer by more than a point (README).
+# `--fast_llm`: stage 1 on English descriptions only, stage 2 trains everything at 1e-3: as
+# accurate (five seeds 98-100 %), but any fixed routing changes no answer by more than a point (docs/demo.md).
 FAST_LLM = dict(
     stage1_steps=300,
     stage2_steps=1000,
@@ -606,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         "fast_llm",
         action="store_true",
-        help="the earlier recipe: English descriptions only in stage 1, everything at 1e-3 in stage 2; as "
-        "accurate, but the LLM does the language work and the answers do not need the routing (README)",
+        help="a recipe where the LLM learns the languages: English descriptions only in stage 1, everything at 1e-3 in stage 2; as "
+        "accurate, but the LLM does the language work and the answers do not need the routing (docs/demo.md)",
     )
     add_flag(
         p,
