@@ -19,7 +19,11 @@ from transformers_parrot.modelcard import (
     tested_versions,
 )
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
 
 

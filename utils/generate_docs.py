@@ -108,6 +108,40 @@ def demo_seeds_environment() -> str:
     )
 
 
+def demo_seed0_current_table() -> str:
+    """Seed 0 re-run on the current code beside its row of the five-seed table."""
+    current = result("demo_seed0_current.json")
+    five = {run["seed"]: run for run in result("demo_seeds.json")["runs"]}
+    rows = []
+    for label, data, run in (
+        ("five-seed table (`demo_seeds.json`)", result("demo_seeds.json"), five[0]),
+        ("current code (`demo_seed0_current.json`)", current, current["runs"][0]),
+    ):
+        rows.append(
+            [
+                label,
+                *(pct(run["accuracy"][lang]) for lang in LANGUAGES),
+                weakest_kinds(run),
+                f"{run['routing_summary']['mean_pairwise_tv_between_languages']:.3f}",
+                f"{run['wall_s']:.0f}",
+                f"transformers {data['machine']['transformers']}",
+            ]
+        )
+    header = ["seed 0", *LANGUAGES, "kinds below 100 %", "routing TV between languages", "time (s)", "versions"]
+    return table(header, "lrrrrrrlrrl", rows)
+
+
+def demo_seed0_current_environment() -> str:
+    data = result("demo_seed0_current.json")
+    machine = data["machine"]
+    load = machine.get("load_average_at_start")
+    return (
+        f"`{data['command'].split(' --note')[0]}`: {data['note']} (load average {load[0]:.1f} at the start, "
+        f"{data['runs'][0]['load_average_after'][0]:.1f} at the end, on {machine['cpu_count']} cores); Python "
+        f"{machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}.\n"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ performance
 def small_cpu_table() -> str:
     """Parrot vs LLaVA at the `small` preset (bench_vs_llava.py)."""
@@ -398,9 +432,144 @@ def cli_reference(prog: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ quantization
+MIB, GIB = 2**20, 2**30
+QUANT_MODES = {"bf16": "bf16", "int8": "8-bit", "nf4": "4-bit nf4", "nf4-double": "4-bit nf4, double quant"}
+
+
+def _fits(gpus: list[int]) -> str:
+    return ", ".join(f"{g} GB" for g in gpus) if gpus else "none of them"
+
+
+def _ratio(spread: dict) -> str:
+    return f"{spread['median']:.2f} ({spread['min']:.2f}–{spread['max']:.2f})"
+
+
+def quantization_memory_table() -> str:
+    memory = result("quantization.json")["measured"]["memory"]
+    bf16 = sum(memory["bf16"]["parameters_and_buffers_by_dtype"].values())
+    rows = []
+    for mode in ("bf16", "int8", "nf4"):
+        m = memory[mode]
+        weights = sum(m["parameters_and_buffers_by_dtype"].values()) + m["quant_state_bytes"]
+        rows.append(
+            [
+                QUANT_MODES[mode],
+                f"{m['get_memory_footprint'] / MIB:.1f}",
+                f"{weights / MIB:.1f}",
+                f"{weights / bf16:.2f}",
+                f"{m['peak_rss_load_over_start'] / MIB:.0f}",
+                f"{m['peak_rss_prefill_b1_over_loaded'] / MIB:.0f}",
+                f"{m['peak_rss_generate_over_loaded'] / MIB:.0f}",
+            ]
+        )
+    header = [
+        "loading",
+        "get_memory_footprint() (MiB)",
+        "weights + quantization state (MiB)",
+        "/ bf16",
+        "peak RSS of loading (MiB)",
+        "prefill, batch 1: peak RSS over loaded (MiB)",
+        "generate: peak RSS over loaded (MiB)",
+    ]
+    return table(header, "lrrrrrr", rows)
+
+
+def quantization_speed_table() -> str:
+    measured = result("quantization.json")["measured"]
+    ratios, routing = measured["speed"]["ratios_over_bf16"], measured["routing"]
+    rows = [
+        [
+            QUANT_MODES[mode],
+            str(routing[mode]["router_logits_equal"] and routing[mode]["moe_image_features_equal"]).lower(),
+            f"{routing[mode]['logits_relative_error']:.3f}",
+            _ratio(ratios[mode]["prefill_b1_time"]),
+            _ratio(ratios[mode]["decode_time_per_token"]),
+        ]
+        for mode in ("nf4", "int8")
+    ]
+    header = [
+        "loading",
+        "routing equal to bf16 (bitwise)",
+        "logits relative error",
+        "prefill time / bf16, median (min–max)",
+        "decode time per token / bf16, median (min–max)",
+    ]
+    return table(header, "llrrr", rows)
+
+
+def quantization_weights_table() -> str:
+    computed = result("quantization.json")["computed"]
+    rows = []
+    for name, shape in computed.items():
+        weights = shape["inference_weights"]
+        rows.append(
+            [
+                name,
+                f"{shape['total_parameters'] / 1e9:.2f}",
+                f"{100 * shape['quantized_fraction']:.0f} %",
+                *(f"{weights[mode]['weights_gib']:.1f}" for mode in QUANT_MODES),
+                _fits(weights["nf4"]["fits_gpus_gib"]),
+            ]
+        )
+    header = ["shape", "parameters (B)", "quantized", *(f"{label} (GiB)" for label in QUANT_MODES.values())]
+    return table([*header, "4-bit weights fit"], "lrrrrrrl", rows)
+
+
+TRAINING_PATHS = {
+    "qlora_4bit": "QLoRA, 4-bit nf4 + double quant",
+    "qlora_8bit": "QLoRA, 8-bit",
+    "lora_bf16": "LoRA on a bf16 base",
+    "full_bf16": "full stage-2 fine-tune, bf16",
+}
+
+
+def quantization_training_table() -> str:
+    computed = result("quantization.json")["computed"]
+    rows = []
+    for name, shape in computed.items():
+        training = shape["training"]
+        for path, label in TRAINING_PATHS.items():
+            t = training[path]
+            frozen = t.get("frozen_weights_bytes", t.get("weights_bytes"))
+            state = t["gradient_bytes"] + t["optimizer_bytes"] + t.get("trainable_bytes", 0)
+            rows.append(
+                [
+                    name,
+                    label,
+                    f"{frozen / GIB:.1f}",
+                    f"{state / GIB:.1f}",
+                    f"{t['batch_1']['total_gib']:.1f} ({_fits(t['batch_1']['fits_gpus_gib'])})",
+                    f"{t['batch_4']['total_gib']:.1f} ({_fits(t['batch_4']['fits_gpus_gib'])})",
+                ]
+            )
+    header = [
+        "shape",
+        "path",
+        "base weights (GiB)",
+        "trained weights + gradients + AdamW (GiB)",
+        "total, batch 1 (GiB; fits)",
+        "total, batch 4 (GiB; fits)",
+    ]
+    return table(header, "llrrll", rows)
+
+
+def quantization_environment() -> str:
+    data = result("quantization.json")
+    env = data["environment"]
+    return environment(
+        data["command"],
+        env,
+        f"CPU ({env['device_name']}, {env['threads']} threads), bitsandbytes {env['bitsandbytes']}, "
+        f"{data['repeats']} alternated rounds, ",
+    )
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "demo_seeds_table": demo_seeds_table,
     "demo_seeds_environment": demo_seeds_environment,
+    "demo_seed0_current_table": demo_seed0_current_table,
+    "demo_seed0_current_environment": demo_seed0_current_environment,
     "small_cpu_table": small_cpu_table,
     "small_cpu_moe_table": small_cpu_moe_table,
     "small_cpu_targets_table": small_cpu_targets_table,
@@ -411,6 +580,11 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "cpu_lm_head_environment": cpu_lm_head_environment,
     "eval_throughput_table": eval_throughput_table,
     "eval_throughput_environment": eval_throughput_environment,
+    "quantization_memory_table": quantization_memory_table,
+    "quantization_speed_table": quantization_speed_table,
+    "quantization_weights_table": quantization_weights_table,
+    "quantization_training_table": quantization_training_table,
+    "quantization_environment": quantization_environment,
     **{
         f"cli-{prog}": (lambda prog=prog: cli_reference(prog))
         for prog in ("parrot-demo", "parrot-eval", "parrot-convert", "parrot-chat")
@@ -448,6 +622,11 @@ VALUES: dict[str, Callable[[], str]] = {
     "small_cpu_prefill_b1_spread": lambda: _spread("prefill_b1"),
     "small_cpu_prefill_b8_spread": lambda: _spread("prefill_b8"),
     "small_cpu_moe_efficiency_spread": lambda: _spread("moe_matmul_efficiency"),
+    "quantization_lora_r": lambda: str(result("quantization.json")["assumptions"]["lora_r"]),
+    "quantization_text_tokens": lambda: str(result("quantization.json")["assumptions"]["text_tokens"]),
+    "quantization_sequence": lambda: str(
+        result("quantization.json")["computed"]["Parrot-7B"]["training"]["sequence_length"]
+    ),
     "small_cpu_bitwise": lambda: str(result("small_cpu.json")["correctness"]["bitwise_equal_use_moe_false"]).lower(),
 }
 
