@@ -337,6 +337,8 @@ def eval_throughput_table() -> str:
     for name, qps in data["questions_per_second"].items():
         if name == data["hf_best"]:
             ratio = "1.00 (best hf)"
+        elif ratios and name.startswith("hf_b"):  # the sweep: questions/s over the best batch's
+            ratio = f"{qps / data['questions_per_second'][data['hf_best']]:.2f}"
         elif name in ratios:
             ratio = f"{ratios[name]:.2f}"
             if spreads.get(name, {}).get("rounds", 1) > 1:
