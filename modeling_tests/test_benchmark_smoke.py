@@ -149,3 +149,39 @@ def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
     assert set(result["questions_per_second"]) == {"hf_b1", "hf_b3"}
     assert result["predictions_equal_hf_b1"] == {"hf_b1": True, "hf_b3": True}
     assert result["ratios_over_hf_best"] == {} and result["hf_best"] in ("hf_b1", "hf_b3")
+
+
+def test_quantization_bench_proves_routing_then_times(tmp_path):
+    """bench_quantization.py --smoke: routing of 8-bit and 4-bit equals bf16's before any timing, the byte formulas
+    reproduce the measured bytes exactly, LoRA's count equals PEFT's, and the 7B/14B shapes are computed."""
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("peft")
+    spec = importlib.util.spec_from_file_location("bench_quantization", BENCH.parent / "bench_quantization.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "quant.json"
+    result = module.main(["--smoke", "--threads", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for mode in ("int8", "nf4"):
+        assert result["measured"]["routing"][mode]["router_logits_equal"]
+        assert result["measured"]["routing"][mode]["moe_image_features_equal"]
+        assert math.isfinite(result["measured"]["speed"]["ratios_over_bf16"][mode]["decode_time_per_token"]["median"])
+    for mode in ("bf16", "int8", "nf4"):
+        check = result["formula_check"][mode]
+        assert check["predicted_bytes"] == check["measured_bytes"], mode
+    memory = result["measured"]["memory"]
+    assert memory["nf4"]["quant_state_bytes"] > 0 and memory["int8"]["quant_state_bytes"] > 0
+    assert set(memory["nf4"]["linear_weights_by_part_and_class"]["language_model"]) == {"Linear4bit"}
+    assert result["formula_check"]["measured_4bit_weights"] == result["formula_check"]["predicted_quantized_weights"]
+    assert result["lora_check"]["predicted"] == result["lora_check"]["peft"]
+    seven, fourteen = result["computed"]["Parrot-7B"], result["computed"]["Parrot-14B"]
+    assert 7.5e9 < seven["total_parameters"] < 9e9 and 14e9 < fourteen["total_parameters"] < 16e9
+    for shape in (seven, fourteen):
+        weights = shape["inference_weights"]
+        assert (
+            weights["nf4-double"]["weights_bytes"] < weights["nf4"]["weights_bytes"] < weights["int8"]["weights_bytes"]
+        )
+        assert weights["int8"]["weights_bytes"] < weights["bf16"]["weights_bytes"]
+        training = shape["training"]
+        for path in ("qlora_4bit", "qlora_8bit", "lora_bf16", "full_bf16"):
+            assert training[path]["batch_1"]["total_bytes"] < training[path]["batch_4"]["total_bytes"]
