@@ -216,6 +216,8 @@ TRAINING_WRONG = {
     "output_dir": OUTPUT_KINDS,
     "resume_from_checkpoint": FOLDER_KINDS,
     "config": FILE_KINDS,
+    "deepspeed": FILE_KINDS,
+    "fsdp_config": FILE_KINDS,
 }
 
 COMMANDS = {
@@ -518,3 +520,13 @@ def test_check_script_inputs_for_programs_that_build_the_dataclasses(root):
     with pytest.raises(InputError, match=r"^--hub_model_id me//model: not a valid Hub id"):
         check_script_inputs(good, pushed, ModelConfig())
     assert not (root / "never-sft").exists()
+
+
+def test_config_file_flags_take_inline_json_and_both_spellings():
+    """`--deepspeed` / `--fsdp_config` may be inline JSON (transformers parses it); a path is checked in either
+    spelling, and a flag without its value is refused by name."""
+    pytest.importorskip("trl")
+    from transformers_parrot.training.inputs import _flag_values
+
+    assert _flag_values(["--deepspeed", "{}", "--fsdp_config=f.json", "--deepspeed"], "--deepspeed") == ["{}", None]
+    assert _flag_values(["--fsdp_config=f.json"], "--fsdp_config") == ["f.json"]

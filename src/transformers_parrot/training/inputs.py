@@ -2,7 +2,8 @@
 after parsing and before anything is loaded: models (``--model_name_or_path``, ``--vision_model``, ``--llm_model``:
 a folder with config.json or a well-formed Hub id), data sources (``--datasets``, ``--text_datasets``,
 ``--visual_datasets``: a data file the readers take, a folder of them, or a Hub dataset id), ``--image_folders``,
-``--output_dir``, ``--resume_from_checkpoint`` and the ``--config`` file.
+``--output_dir``, ``--resume_from_checkpoint``, and the ``--config``, ``--deepspeed`` and ``--fsdp_config`` files
+(before parsing, as transformers and TRL read them while parsing; the last two may also be inline JSON).
 
 `ParrotTrlParser` is `trl.TrlParser` with these checks: a wrong value ends the script with one line
 ``<script>: error: --flag VALUE: what is wrong`` on stderr and exit code 2. `check_script_inputs` is the same check
@@ -45,6 +46,25 @@ SCRIPT_INPUT_CHECKS = {
 local files ending in one of `cli_utils.DATA_FILE_SUFFIXES`."""
 
 
+CONFIG_FILE_FLAGS = {
+    "--config": ("a YAML file", False),
+    "--deepspeed": ("a DeepSpeed JSON file (or inline JSON)", True),
+    "--fsdp_config": ("an FSDP JSON file (or inline JSON)", True),
+}
+"""Flags whose file transformers or TRL read while parsing: what each needs, and whether inline JSON is allowed."""
+
+
+def _flag_values(args: list[str], flag: str) -> list[str | None]:
+    """The values given to ``flag`` in ``args`` (``--flag VALUE`` or ``--flag=VALUE``); None for a missing value."""
+    values: list[str | None] = []
+    for i, arg in enumerate(args):
+        if arg == flag:
+            values.append(args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None)
+        elif arg.startswith(flag + "="):
+            values.append(arg[len(flag) + 1 :])
+    return values
+
+
 def _hub_repo(value: str) -> str:
     return check_hub_id(value, kind=None)
 
@@ -77,13 +97,15 @@ class ParrotTrlParser(TrlParser):
 
     def parse_args_and_config(self, args: Iterable[str] | None = None, *pargs, **kwargs):
         args = list(args) if args is not None else sys.argv[1:]
-        if "--config" in args:
-            position = args.index("--config") + 1
-            if position == len(args):
-                self._input_error("--config: needs a YAML file")
-            problem = first_input_error({"config": args[position]}, {"config": check_file})
-            if problem:
-                self._input_error(problem)
+        for flag, (what, inline_json) in CONFIG_FILE_FLAGS.items():  # read while parsing: checked before
+            for value in _flag_values(args, flag):
+                if value is None:
+                    self._input_error(f"{flag}: needs {what}")
+                if inline_json and value.lstrip().startswith("{"):
+                    continue
+                problem = first_input_error({flag.lstrip("-"): value}, {flag.lstrip("-"): check_file})
+                if problem:
+                    self._input_error(problem)
         output = super().parse_args_and_config(args, *pargs, **kwargs)
         problem = input_problem(*(o for o in output if dataclasses.is_dataclass(o)))
         if problem:
@@ -91,4 +113,11 @@ class ParrotTrlParser(TrlParser):
         return output
 
 
-__all__ = ["DATA_FILE_SUFFIXES", "SCRIPT_INPUT_CHECKS", "input_problem", "check_script_inputs", "ParrotTrlParser"]
+__all__ = [
+    "CONFIG_FILE_FLAGS",
+    "DATA_FILE_SUFFIXES",
+    "SCRIPT_INPUT_CHECKS",
+    "input_problem",
+    "check_script_inputs",
+    "ParrotTrlParser",
+]
