@@ -411,8 +411,7 @@ def test_each_command_in_a_subprocess(root, tmp_path):
         _, err = proc.communicate(timeout=300)
         _, flag, kind = runs[name]
         line = assert_input_error(proc.returncode, err, flag, kind)
-        if name != "parrot-convert":  # parrot-convert's lines are `error: ...` (its exit codes 1-3 are documented)
-            assert ("app.py" if name == "space" else name) in line.split("error:")[0], line  # the program's name
+        assert ("app.py" if name == "space" else name) in line.split("error:")[0], line  # the program's name
     assert not (tmp_path / "out").exists()
 
 

@@ -591,7 +591,7 @@ def _assert_clean_error(code: int, err: str, *needles: str) -> str:
     """Exit 2 with one `error:` line naming the problem, no traceback."""
     assert code == 2, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
-    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    line = next(line for line in err.splitlines() if line.startswith("parrot-convert: error: "))
     for needle in needles:
         assert needle in line, line
     return line
@@ -800,7 +800,7 @@ def test_push_to_hub_checked_before_any_work(small_original, tmp_path, monkeypat
     out = tmp_path / "hf"
     assert conversion.main(["--input", str(small_original), "--output", str(out), "--push_to_hub", repo]) == code
     err = capsys.readouterr().err
-    assert "Traceback" not in err and needle in err and err.startswith("error: "), err
+    assert "Traceback" not in err and needle in err and err.startswith("parrot-convert: error: "), err
     assert not out.exists()  # nothing was converted
 
 

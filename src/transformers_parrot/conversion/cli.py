@@ -114,11 +114,12 @@ def check_inputs(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problem = check_inputs(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     try:
         target = check_push_target(args.push_to_hub) if args.push_to_hub else None
@@ -164,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"pushed {args.output} to {url}")
     except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except PublishError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_HUB_ERROR if err.network else EXIT_INPUT_ERROR
     return EXIT_OK
