@@ -136,9 +136,8 @@ def demo_seed0_current_environment() -> str:
     machine = data["machine"]
     load = machine.get("load_average_at_start")
     return (
-        f"`{data['command'].split(' --note')[0]}`, with other work on the machine (load average {load[0]:.1f} at "
-        f"the start, {data['runs'][0]['load_average_after'][0]:.1f} at the end, on {machine['cpu_count']} cores), so "
-        f"its time is not the demo's alone; Python "
+        f"`{data['command'].split(' --note')[0]}` (load average {load[0]:.1f} at the start, "
+        f"{data['runs'][0]['load_average_after'][0]:.1f} at the end, on {machine['cpu_count']} cores); Python "
         f"{machine['python']}, torch {machine['torch']}, transformers {machine['transformers']}, TRL {machine['trl']}.\n"
     )
 
