@@ -250,7 +250,10 @@ def count_parts(model) -> dict[str, Any]:
         if name in linear_weights:
             continue
         if name.startswith("model.language_model."):
-            key = "llm_linear_biases" if name.endswith(".bias") else "llm_embeddings_and_norms"
+            if name.endswith(".bias"):
+                key = "llm_linear_biases"
+            else:
+                key = "llm_embeddings" if ".embed_tokens." in name else "llm_norms"
         elif name.startswith("lm_head."):
             key = "lm_head"
         else:
@@ -281,10 +284,16 @@ def quantized_weight_bytes(shapes: list[tuple[int, int]], mode: str) -> int:
     return total
 
 
-def weight_bytes(parts: dict[str, Any], mode: str, kept_bytes: int = 2) -> int:
-    """All weights: the LLM's linear weights in `mode`, everything else at `kept_bytes` per parameter."""
-    others = sum(v for k, v in parts["counts"].items() if k != "llm_linear_weights")
-    return quantized_weight_bytes(parts["quantized_shapes"], mode) + kept_bytes * others
+# The parts `prepare_kbit_model` (PEFT's k-bit preparation) leaves in float32; the embeddings and lm_head go back to bf16.
+QLORA_FLOAT32_PARTS = ("llm_norms", "llm_linear_biases", "vision_tower", "multi_modal_projector", "moe")
+
+
+def weight_bytes(parts: dict[str, Any], mode: str, float32_parts: tuple[str, ...] = ()) -> int:
+    """All weights: the LLM's linear weights in `mode`, the `float32_parts` at 4 bytes per parameter, everything else
+    at 2 (bf16)."""
+    others = {k: v for k, v in parts["counts"].items() if k != "llm_linear_weights"}
+    kept = sum((4 if k in float32_parts else 2) * v for k, v in others.items())
+    return quantized_weight_bytes(parts["quantized_shapes"], mode) + kept
 
 
 def lora_parameters(model, r: int) -> int:
@@ -302,9 +311,9 @@ def lora_parameters(model, r: int) -> int:
 FORMULAS = {
     "sequence": "S = image_tokens (577: CLS + 24x24 patches) + text_tokens",
     "weights_frozen": (
-        "QLoRA (the recipe): LLM linear weights at 4 bits (nf4, double quantization) or 8 bits; every other base "
-        "parameter (embeddings, norms, LLM biases, lm_head, vision tower, projector, MoE) in fp32, as "
-        "peft.prepare_model_for_kbit_training leaves them; LoRA on a bf16 base: everything in bf16"
+        "QLoRA (the recipe): LLM linear weights at 4 bits (nf4, double quantization) or 8 bits; embeddings and "
+        "lm_head in bf16, every other base parameter (norms, LLM biases, vision tower, projector, MoE) in fp32, as "
+        "transformers_parrot.training.scripts.prepare_kbit_model leaves them; LoRA on a bf16 base: everything in bf16"
     ),
     "trainable": (
         "LoRA r*(in+out) on the recipe's targets (q,k,v,o,gate,up,down of every LLM layer), bf16 (TRL's cast); "
@@ -344,14 +353,14 @@ def training_paths(model, preset: dict[str, Any], parts: dict[str, Any], r: int,
     multimodal = counts["multi_modal_projector"] + counts["moe"]
     lora = lora_parameters(model, r)
     paths = {
-        "qlora_4bit": {"mode": "nf4-double", "kept_bytes": 4},
-        "qlora_8bit": {"mode": "int8", "kept_bytes": 4},
-        "lora_bf16": {"mode": "bf16", "kept_bytes": 2},
+        "qlora_4bit": {"mode": "nf4-double", "float32_parts": QLORA_FLOAT32_PARTS},
+        "qlora_8bit": {"mode": "int8", "float32_parts": QLORA_FLOAT32_PARTS},
+        "lora_bf16": {"mode": "bf16", "float32_parts": ()},
     }
     out: dict[str, Any] = {"sequence_length": seq, "lora_r": r, "lora_parameters": lora}
     for name, path in paths.items():
-        kept = path["kept_bytes"]
-        weights = weight_bytes(parts, path["mode"], kept)
+        kept = 4 if "moe" in path["float32_parts"] else 2  # bytes per projector / MoE parameter
+        weights = weight_bytes(parts, path["mode"], path["float32_parts"])
         trainable = 2 * lora + kept * multimodal  # LoRA in bf16; projector + MoE copies in the originals' dtype
         grads = trainable
         optimizer = 8 * (lora + multimodal)
@@ -440,6 +449,27 @@ def formula_check(preset: dict[str, Any], measured: dict[str, Any]) -> dict[str,
     return out
 
 
+def qlora_check(folder: str, preset: dict[str, Any]) -> dict[str, Any]:
+    """The QLoRA base-weight formula against the bytes of the small preset loaded in 4 bits (nf4, bf16) and prepared
+    for training by the recipes' own `prepare_kbit_model`."""
+    from transformers_parrot.training.scripts import prepare_kbit_model
+
+    model = load(folder, "nf4")
+    cast = prepare_kbit_model(model)
+    measured_bytes = sum(bytes_by_dtype(model).values()) + quant_state_bytes(model)
+    meta, _ = meta_model(preset)
+    parts = count_parts(meta)
+    predicted = weight_bytes(parts, "nf4", QLORA_FLOAT32_PARTS)
+    predicted += sum(b.numel() * b.element_size() for b in meta.buffers())
+    return {
+        "parameters_cast_back_to_bf16": cast,
+        "predicted_bytes": predicted,
+        "measured_bytes": measured_bytes,
+        "relative_difference": (predicted - measured_bytes) / measured_bytes,
+        "bytes_by_dtype": bytes_by_dtype(model),
+    }
+
+
 def lora_check(preset: dict[str, Any], r: int) -> dict[str, int]:
     """LoRA parameter count of the formula against PEFT's own on a real (unquantized) small model."""
     from peft import get_peft_model
@@ -498,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = {mode: load(folder, mode) for mode in MODES}
         routing = check_routing(models, routing_batch(preset, 4))  # raises on a difference: nothing is timed then
         speed = measure_speed(models, preset, repeats)
+        del models
+        qlora = qlora_check(folder, preset)
     result = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python", __file__, *argv]),
         "environment": environment(args.threads),
@@ -515,7 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "routing": routing,
             "speed": speed,
         },
-        "formula_check": formula_check(preset, measured),
+        "formula_check": {**formula_check(preset, measured), "qlora_prepared_nf4": qlora},
         "lora_check": lora_check(preset, args.lora_r),
         "formulas": FORMULAS,
         "assumptions": {

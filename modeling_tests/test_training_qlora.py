@@ -188,6 +188,44 @@ def test_qlora_sft_trains_and_merges_unquantized(workdir, tmp_path, bits):
     assert merged_loss < start_loss  # the merged model is the trained one, not the starting point
 
 
+@pytest.mark.parametrize("autocast", ["True", "False"])
+def test_qlora_sft_in_bf16(workdir, tmp_path, autocast):
+    """`--dtype bfloat16` QLoRA (4-bit, bf16 matmuls) with and without the trainer's bf16 autocast: it trains, with
+    the embeddings and lm_head in bf16 under autocast (float32 without: they meet float32 hidden states) and the
+    trained projector + MoE copies in float32."""
+    argv = [
+        "--stage",
+        "2",
+        "--model_name_or_path",
+        str(workdir / "parrot"),
+        "--datasets",
+        str(workdir / "visual.json"),
+        "--image_folders",
+        str(workdir / "images"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "5e-3",
+        *[a if a != "float32" else "bfloat16" for a in LORA],
+        "--load_in_4bit",
+        "--merge_lora",
+        "False",
+        *COMMON[2:],
+        "--bf16",
+        autocast,
+    ]
+    trainer = _run("train_sft", argv)
+    losses = _losses(trainer)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    model = trainer.model
+    dtype = torch.bfloat16 if autocast == "True" else torch.float32
+    assert model.get_input_embeddings().weight.dtype == model.get_output_embeddings().weight.dtype == dtype
+    copies = [p for n, p in model.named_parameters() if ".modules_to_save." in n]
+    assert copies and all(p.dtype == torch.float32 for p in copies)
+
+
 def test_qlora_dpo_uses_the_adapter_disabled_reference(workdir, tmp_path):
     argv = [
         "--model_name_or_path",
@@ -236,3 +274,44 @@ def test_modules_to_save_keep_their_dtype():
     assert all(p.dtype == torch.float32 for p in copies)
     assert all(p.dtype == torch.bfloat16 for n, p in peft_model.named_parameters() if ".lora_" in n)
     assert keep_modules_to_save_dtype(peft_model) == 0
+
+
+def test_kbit_preparation_keeps_embeddings_and_lm_head_in_bf16(workdir):
+    """`prepare_kbit_model` is PEFT's k-bit preparation with the frozen embeddings and lm_head back in bf16: the
+    logits under bf16 autocast of PEFT's all-float32 preparation up to bf16 rounding, with 2 bytes less per
+    embedding and lm_head parameter; norms, vision tower, projector and MoE stay float32."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    from transformers_parrot.training.scripts import prepare_kbit_model
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+    def load():
+        return ParrotForConditionalGeneration.from_pretrained(
+            workdir / "parrot", dtype=torch.bfloat16, quantization_config=config, device_map="cpu", use_moe=True
+        )
+
+    peft_prepared, ours = load(), load()
+    prepare_model_for_kbit_training(peft_prepared, use_gradient_checkpointing=False)
+    embeddings = ours.get_input_embeddings().weight.numel() + ours.lm_head.weight.numel()
+    assert prepare_kbit_model(ours) == embeddings
+    assert ours.get_input_embeddings().weight.dtype == ours.lm_head.weight.dtype == torch.bfloat16
+    for part in (ours.model.vision_tower, ours.model.multi_modal_projector, ours.model.moe):
+        assert all(p.dtype == torch.float32 for p in part.parameters())
+    assert all(p.dtype == torch.float32 for n, p in ours.named_parameters() if n.endswith("norm.weight"))
+    assert not any(p.requires_grad for p in ours.parameters())
+
+    def nbytes(model) -> int:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    assert nbytes(peft_prepared) - nbytes(ours) == 2 * embeddings
+    batch = _batch(workdir)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = peft_prepared(**batch).logits.float()
+        got = ours(**batch).logits.float()
+    # the residual stream starts from bf16 instead of float32 embeddings (same values): the logits differ by bf16
+    # rounding at most, one bf16 epsilon of their scale
+    scale = expected.abs().max()
+    torch.testing.assert_close(got, expected, atol=torch.finfo(torch.bfloat16).eps * scale.item(), rtol=0)
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.95

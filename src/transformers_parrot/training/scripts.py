@@ -171,14 +171,36 @@ def load_model_and_processor(script_args: ParrotScriptArguments, training_args, 
     return model, processor
 
 
+def prepare_kbit_model(model, mixed_precision: bool = True) -> int:
+    """PEFT's k-bit preparation (`peft.prepare_model_for_kbit_training`: every parameter frozen, every unquantized one
+    upcast to float32), then, when training runs under 16-bit mixed precision (`mixed_precision`: the trainer's
+    `--bf16` / `--fp16`, whose autocast runs every matmul in 16 bits anyway), the input embeddings and `lm_head` back
+    in the 16-bit dtype they were loaded in, as TRL's QLoRA does: they never train, and in float32 they would double
+    the largest frozen weights (at Parrot-14B 1.6B parameters, 2.9 GiB). Norms, biases, vision tower, projector and
+    MoE stay float32; without autocast everything unquantized does (the float32 hidden states meet a float32
+    `lm_head`). Returns the number of parameters cast back."""
+    from peft import prepare_model_for_kbit_training
+
+    embeddings = {model.get_input_embeddings(), model.get_output_embeddings()}
+    loaded = {parameter: parameter.dtype for module in embeddings for parameter in module.parameters()}
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    cast = 0
+    for parameter, dtype in loaded.items() if mixed_precision else ():
+        if parameter.dtype != dtype and dtype.itemsize == 2:
+            parameter.data = parameter.data.to(dtype)
+            cast += parameter.numel()
+    return cast
+
+
 def prepare_stage(model, script_args: ParrotScriptArguments, training_args, model_args, recipe: str = "sft"):
     """Set `model` up for the recipe's stage and return `(training_args, peft_config)`: a copy of `training_args`
     with the stage's learning rate in the paper when none was given (`STAGE_LEARNING_RATE`) and the columns Parrot's
     collators need, and the LoRA config with `--use_peft` (else None).
 
     Full training: `recipes.setup_stage` (trainable parameters, `use_moe`). LoRA: the stage's config only (PEFT
-    freezes the rest); a k-bit model is prepared for training first (`peft.prepare_model_for_kbit_training`:
-    frozen, unquantized weights in float32; activation checkpointing stays the trainer's `--activation_checkpointing`).
+    freezes the rest); a k-bit model is prepared for training first (`prepare_kbit_model`: frozen, unquantized
+    weights in float32 but, under `--bf16` / `--fp16`, the embeddings and `lm_head`; activation checkpointing stays the trainer's
+    `--activation_checkpointing`).
     """
     check_model_args(script_args, training_args, model_args, recipe, in_memory=True)
     stage = recipe_stage(script_args, recipe)
@@ -188,9 +210,7 @@ def prepare_stage(model, script_args: ParrotScriptArguments, training_args, mode
     training_args = replace(training_args, remove_unused_columns=False, **changes)
     if model_args.use_peft:
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-            from peft import prepare_model_for_kbit_training
-
-            prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            prepare_kbit_model(model, mixed_precision=bool(training_args.bf16 or training_args.fp16))
         apply_stage_config(model, stage)
         model.requires_grad_(False)
         peft_config = lora_config_for_parrot(model_args)
