@@ -1,11 +1,13 @@
 """Evaluation throughput: questions/s of `parrot-eval` with the hf backend (batch sizes swept, one process), the hf
 backend in 2 processes (torchrun), and the vLLM backend, on a generated MMMB-format TSV and a random Parrot of a
 bench_vs_llava.py preset's shapes. Every configuration runs in its own process; each loads its model, warms up, then
-times `evaluate` alone (model loading and engine start-up are not counted). The predictions of every configuration
-must equal those of the hf backend at batch size 1, or no ratio is written.
+times `evaluate` alone (model loading and engine start-up are not counted). The batch-size sweep may run on the
+first `--sweep_rows` questions only; the best batch, 2 processes and vLLM then run on all of them, `--rounds` times in
+alternating order. Every sweep run's predictions must equal those of batch size 1, and every full run's those of the
+best batch (whose first `--sweep_rows` equal batch size 1's), or no ratio is written.
 
-    python benchmarks/bench_eval.py --preset small --rows 300 --vllm_python .venv-vllm/bin/python \
-        --json benchmarks/results/eval_throughput_cpu.json
+    python benchmarks/bench_eval.py --preset small --rows 200 --sweep_rows 48 --rounds 3 \
+        --vllm_python .venv-vllm/bin/python --json benchmarks/results/eval_throughput_cpu.json
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def worker(args) -> None:
     scratch = Path(args.scratch)  # one folder for all ranks of a data parallel run
     evaluate(predictor=predictor, output_dir=scratch / "warmup", limit=2, **settings)
     start = time.perf_counter()
-    evaluate(predictor=predictor, output_dir=scratch / "timed", **settings)
+    evaluate(predictor=predictor, output_dir=scratch / "timed", limit=args.limit or None, **settings)
     seconds = time.perf_counter() - start
     lines = (scratch / "timed" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -148,6 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument(
+        "--sweep_rows",
+        type=int,
+        default=0,
+        help="questions the batch-size sweep runs on (the first ones; default: all --rows)",
+    )
     parser.add_argument("--batch_sizes", default="1,4,8,16")
     parser.add_argument("--max_new_tokens", type=int, default=8)
     parser.add_argument(
@@ -172,7 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="hf", help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not 0 <= args.sweep_rows <= args.rows:
+        parser.error(f"--sweep_rows {args.sweep_rows}: give a number from 1 to --rows ({args.rows}), or 0 for all")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: give at least 1")
+    if "1" not in args.batch_sizes.split(","):
+        parser.error(f"--batch_sizes {args.batch_sizes}: include 1 (batch size 1 gives the reference predictions)")
     if args.worker:
         worker(args)
         return {}
@@ -209,39 +224,44 @@ def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float]
     two = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // 2))}
     batches = [int(b) for b in args.batch_sizes.split(",")]
 
-    def command(name: str, best_batch: int) -> tuple[list[str], dict]:
+    def command(name: str, best_batch: int, rows: int) -> tuple[list[str], dict]:
+        limit = ["--limit", str(rows)]
         if name == "vllm":
-            return [args.vllm_python, *common, "--backend", "vllm"], one
+            return [args.vllm_python, *common, *limit, "--backend", "vllm"], one
         if name == "hf_2proc":
             launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-            return [*launch, *common, "--batch_size", str(best_batch)], two
-        return [sys.executable, *common, "--batch_size", name.removeprefix("hf_b")], one
+            return [*launch, *common, *limit, "--batch_size", str(best_batch)], two
+        return [sys.executable, *common, *limit, "--batch_size", name.removeprefix("hf_b")], one
 
-    def measure(name: str, best_batch: int = 0) -> None:
-        sample = run_config(*command(name, best_batch))
-        samples.setdefault(name, []).append(sample)
-        print(f"{name}: {args.rows / sample['seconds']:.2f} questions/s", file=sys.stderr, flush=True)
+    def measure(name: str, rows: int, best_batch: int = 0) -> dict:
+        sample = run_config(*command(name, best_batch, rows))
+        sample["questions_per_second"] = rows / sample["seconds"]
+        print(
+            f"{name} ({rows} questions): {sample['questions_per_second']:.2f} questions/s", file=sys.stderr, flush=True
+        )
+        return sample
 
-    # Round 0 sweeps the batch sizes and fixes the best one for hf_2proc; later rounds repeat every configuration in
-    # alternating order (forward, backward, ...), so a slow stretch of a shared machine does not favour one side.
+    # The sweep fixes the best batch size. Then the best batch, 2 processes and vllm run on all rows, round after
+    # round in alternating order (forward, backward, ...), so a slow stretch of a shared machine does not favour one
+    # side. A sweep over all rows is the best batch's first round.
+    sweep_rows = args.sweep_rows or args.rows
     names = [f"hf_b{b}" for b in batches]
-    samples: dict[str, list[dict]] = {}
-    for name in names:
-        measure(name)
-    best = min(names, key=lambda k: samples[k][0]["seconds"])
+    sweep = {name: measure(name, sweep_rows) for name in names}
+    best = min(names, key=lambda k: sweep[k]["seconds"])
     best_batch = int(best.removeprefix("hf_b"))
-    extra = ([] if args.no_two_processes else ["hf_2proc"]) + (["vllm"] if args.vllm_python else [])
-    for name in extra:
-        measure(name, best_batch)
-    order = names + extra
-    for round_ in range(1, args.rounds):
+    order = [best] + ([] if args.no_two_processes else ["hf_2proc"]) + (["vllm"] if args.vllm_python else [])
+    samples: dict[str, list[dict]] = {best: [sweep[best]]} if sweep_rows == args.rows else {}
+    for round_ in range(args.rounds):
         for name in order if round_ % 2 == 0 else list(reversed(order)):
-            measure(name, best_batch)
-    reference = samples["hf_b1"][0]["predictions"]
-    equal = {k: all(r["predictions"] == reference for r in rs) for k, rs in samples.items()}
-    per_round = {k: [args.rows / r["seconds"] for r in rs] for k, rs in samples.items()}
+            if len(samples.get(name, [])) <= round_:
+                samples.setdefault(name, []).append(measure(name, args.rows, best_batch))
+    reference = sweep["hf_b1"]["predictions"]
+    sweep_equal = {k: r["predictions"] == reference for k, r in sweep.items()}
+    full_reference = samples[best][0]["predictions"]
+    chained = full_reference[:sweep_rows] == reference
+    equal = {k: chained and all(r["predictions"] == full_reference for r in rs) for k, rs in samples.items()}
+    per_round = {k: [r["questions_per_second"] for r in rs] for k, rs in samples.items()}
     qps = {k: statistics.median(v) for k, v in per_round.items()}
-    runs = {k: rs[0] for k, rs in samples.items()}
     given = sys.argv[1:] if argv is None else argv
     result = {
         "command": " ".join(["python", "benchmarks/bench_eval.py", *given]),
@@ -251,20 +271,25 @@ def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float]
             "threads": args.threads,
             "load_average_at_start": load_at_start,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-            "versions": {k: r["versions"] for k, r in runs.items()},
+            "versions": {k: rs[0]["versions"] for k, rs in samples.items()},
         },
         "preset": args.preset,
         "rows": args.rows,
         "max_new_tokens": args.max_new_tokens,
-        "predictions_equal_hf_b1": equal,
+        "sweep": {
+            "rows": sweep_rows,
+            "questions_per_second": {k: r["questions_per_second"] for k, r in sweep.items()},
+            "predictions_equal_hf_b1": sweep_equal,
+        },
+        "hf_best": best,
+        "predictions_equal_hf_best": equal,
         "rounds": args.rounds,
         "questions_per_second": qps,
         "questions_per_second_per_round": per_round,
         "seconds_per_round": {k: [r["seconds"] for r in rs] for k, rs in samples.items()},
-        "hf_best": best,
     }
-    if all(equal.values()):
-        compared = [k for k in qps if not k.startswith("hf_b")]  # the sweep itself is shown as questions/s
+    if all(equal.values()) and all(sweep_equal.values()):
+        compared = [k for k in qps if k != best]
         result["ratios_over_hf_best"] = {k: qps[k] / qps[best] for k in compared}
         result["ratio_spread_over_rounds"] = {
             k: {"min": min(ratios), "max": max(ratios), "rounds": len(ratios)}

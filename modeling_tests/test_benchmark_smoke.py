@@ -124,6 +124,8 @@ def test_cpu_lm_head_bench_proves_equality_then_times(tmp_path):
 
 
 def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
+    """The sweep runs on the first --sweep_rows questions, the best batch on all of them once per round; every run's
+    predictions are compared before any ratio is written."""
     spec = importlib.util.spec_from_file_location("bench_eval", BENCH.parent / "bench_eval.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -134,6 +136,10 @@ def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
             "tiny",
             "--rows",
             "6",
+            "--sweep_rows",
+            "4",
+            "--rounds",
+            "2",
             "--batch_sizes",
             "1,3",
             "--max_new_tokens",
@@ -146,14 +152,17 @@ def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
         ]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert set(result["questions_per_second"]) == {"hf_b1", "hf_b3"}
-    assert result["predictions_equal_hf_b1"] == {"hf_b1": True, "hf_b3": True}
-    assert result["ratios_over_hf_best"] == {} and result["hf_best"] in ("hf_b1", "hf_b3")
+    assert result["sweep"]["rows"] == 4 and set(result["sweep"]["questions_per_second"]) == {"hf_b1", "hf_b3"}
+    assert result["sweep"]["predictions_equal_hf_b1"] == {"hf_b1": True, "hf_b3": True}
+    best = result["hf_best"]
+    assert best in ("hf_b1", "hf_b3") and result["predictions_equal_hf_best"] == {best: True}
+    assert len(result["seconds_per_round"][best]) == 2 and result["ratios_over_hf_best"] == {}
 
 
 def test_quantization_bench_proves_routing_then_times(tmp_path):
     """bench_quantization.py --smoke: routing of 8-bit and 4-bit equals bf16's before any timing, the byte formulas
-    reproduce the measured bytes exactly, LoRA's count equals PEFT's, and the 7B/14B shapes are computed."""
+    reproduce the measured bytes exactly (also after the QLoRA preparation), LoRA's count equals PEFT's, and the
+    7B/14B shapes are computed."""
     pytest.importorskip("bitsandbytes")
     pytest.importorskip("peft")
     spec = importlib.util.spec_from_file_location("bench_quantization", BENCH.parent / "bench_quantization.py")
@@ -174,6 +183,8 @@ def test_quantization_bench_proves_routing_then_times(tmp_path):
     assert set(memory["nf4"]["linear_weights_by_part_and_class"]["language_model"]) == {"Linear4bit"}
     assert result["formula_check"]["measured_4bit_weights"] == result["formula_check"]["predicted_quantized_weights"]
     assert result["lora_check"]["predicted"] == result["lora_check"]["peft"]
+    qlora = result["formula_check"]["qlora_prepared_nf4"]  # the recipes' k-bit preparation, measured
+    assert qlora["predicted_bytes"] == qlora["measured_bytes"] and qlora["parameters_cast_back_to_bf16"] > 0
     seven, fourteen = result["computed"]["Parrot-7B"], result["computed"]["Parrot-14B"]
     assert 7.5e9 < seven["total_parameters"] < 9e9 and 14e9 < fourteen["total_parameters"] < 16e9
     for shape in (seven, fourteen):
