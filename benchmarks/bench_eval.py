@@ -6,7 +6,12 @@ first `--sweep_rows` questions only; the best batch, 2 processes and vLLM then r
 alternating order. Every sweep run's predictions must equal those of batch size 1, and every full run's those of the
 best batch (whose first `--sweep_rows` equal batch size 1's), or no ratio is written.
 
-    python benchmarks/bench_eval.py --preset small --rows 200 --sweep_rows 48 --rounds 3 \
+The compute ceiling: the FLOPs of one question (counted with `torch.utils.flop_counter` over the warm-up questions
+of the batch-1 run: vision tower, projector, MoE, prefill and decode) times each configuration's questions/s, over
+the rate plain float32 matmuls of the LLM's MLP shape reach in this process with the same threads, is the share of
+the machine's matmul rate a configuration uses; no backend can beat the best hf batch by more than its inverse.
+
+    python benchmarks/bench_eval.py --preset small --rows 300 --sweep_rows 48 --rounds 3 \
         --vllm_python .venv-vllm/bin/python --json benchmarks/results/eval_throughput_cpu.json
 """
 
@@ -27,6 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LANGUAGE = "en"
+WARMUP_ROWS = 2  # questions each configuration answers before it is timed
+PROMPT_TOKENS = 620  # about a question's prompt: 577 visual tokens + the question and its options
 
 
 def presets() -> dict:
@@ -113,7 +120,20 @@ def worker(args) -> None:
         progress=False,
     )
     scratch = Path(args.scratch)  # one folder for all ranks of a data parallel run
-    evaluate(predictor=predictor, output_dir=scratch / "warmup", limit=2, **settings)
+    flops = None
+    if args.count_flops:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+        def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)  # torch counts the CUDA kernels only
+
+        cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_sdpa})
+        with counter:
+            evaluate(predictor=predictor, output_dir=scratch / "counted", limit=WARMUP_ROWS, **settings)
+        flops = counter.get_total_flops() / WARMUP_ROWS
+    evaluate(predictor=predictor, output_dir=scratch / "warmup", limit=WARMUP_ROWS, **settings)
     start = time.perf_counter()
     evaluate(predictor=predictor, output_dir=scratch / "timed", limit=args.limit or None, **settings)
     seconds = time.perf_counter() - start
@@ -121,6 +141,8 @@ def worker(args) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         predictions = [json.loads(line)["prediction"] for line in lines]
         report = {"seconds": seconds, "predictions": predictions, "versions": versions(args.backend)}
+        if flops is not None:
+            report["flops_per_question"] = flops
         print("BENCH " + json.dumps(report), flush=True)
 
 
@@ -135,6 +157,24 @@ def versions(backend: str) -> dict:
 
         out["vllm"] = vllm.__version__
     return out
+
+
+def matmul_rate(preset: dict, threads: int, repeats: int = 30) -> dict:
+    """FLOP/s of a plain float32 matmul of the LLM's MLP shape over a question's prompt, (PROMPT_TOKENS, hidden) @
+    (hidden, intermediate), on `threads` threads: the median of `repeats` timings after a warm-up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    m, k, n = PROMPT_TOKENS, preset["text"]["hidden_size"], preset["text"]["intermediate_size"]
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return {"shape": [m, k, n], "threads": threads, "flops_per_s": 2 * m * k * n / statistics.median(times)}
 
 
 def run_config(command: list[str], env: dict) -> dict:
@@ -181,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default="hf", help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count_flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 0 <= args.sweep_rows <= args.rows:
         parser.error(f"--sweep_rows {args.sweep_rows}: give a number from 1 to --rows ({args.rows}), or 0 for all")
@@ -234,7 +275,10 @@ def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float]
         return [sys.executable, *common, *limit, "--batch_size", name.removeprefix("hf_b")], one
 
     def measure(name: str, rows: int, best_batch: int = 0) -> dict:
-        sample = run_config(*command(name, best_batch, rows))
+        argv, config_env = command(name, best_batch, rows)
+        if name == "hf_b1" and rows == sweep_rows:
+            argv = [*argv, "--count_flops"]
+        sample = run_config(argv, config_env)
         sample["questions_per_second"] = rows / sample["seconds"]
         print(
             f"{name} ({rows} questions): {sample['questions_per_second']:.2f} questions/s", file=sys.stderr, flush=True
@@ -245,6 +289,7 @@ def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float]
     # round in alternating order (forward, backward, ...), so a slow stretch of a shared machine does not favour one
     # side. A sweep over all rows is the best batch's first round.
     sweep_rows = args.sweep_rows or args.rows
+    rate = matmul_rate(presets()[args.preset], args.threads)  # before any configuration runs: an idle machine
     names = [f"hf_b{b}" for b in batches]
     sweep = {name: measure(name, sweep_rows) for name in names}
     best = min(names, key=lambda k: sweep[k]["seconds"])
@@ -287,6 +332,13 @@ def run_all(args, argv: list[str] | None, work: Path, load_at_start: list[float]
         "questions_per_second": qps,
         "questions_per_second_per_round": per_round,
         "seconds_per_round": {k: [r["seconds"] for r in rs] for k, rs in samples.items()},
+    }
+    flops = sweep["hf_b1"]["flops_per_question"]
+    result["compute"] = {
+        "flops_per_question": flops,
+        "matmul": rate,
+        "share_of_matmul_rate": {k: v * flops / rate["flops_per_s"] for k, v in qps.items()},
+        "ceiling_over_hf_best": rate["flops_per_s"] / (qps[best] * flops),
     }
     if all(equal.values()) and all(sweep_equal.values()):
         compared = [k for k in qps if k != best]

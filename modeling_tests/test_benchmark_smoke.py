@@ -157,6 +157,9 @@ def test_eval_bench_checks_equal_predictions_and_writes_ratios(tmp_path):
     best = result["hf_best"]
     assert best in ("hf_b1", "hf_b3") and result["predictions_equal_hf_best"] == {best: True}
     assert len(result["seconds_per_round"][best]) == 2 and result["ratios_over_hf_best"] == {}
+    compute = result["compute"]  # the share of the machine's matmul rate each configuration uses
+    assert compute["flops_per_question"] > 0 and compute["matmul"]["flops_per_s"] > 0
+    assert compute["ceiling_over_hf_best"] == pytest.approx(1 / compute["share_of_matmul_rate"][best])
 
 
 def test_quantization_bench_proves_routing_then_times(tmp_path):
