@@ -129,31 +129,19 @@ def _quantized_linears(model) -> dict[str, str]:
     }
 
 
+def _stage2_argv(workdir, out: Path, *extra: str) -> list[str]:
+    """train_sft.py's arguments for 6 stage-2 steps on the visual samples, then `extra`."""
+    data = ["--datasets", str(workdir / "visual.json"), "--image_folders", str(workdir / "images")]
+    run = ["--output_dir", str(out), "--max_steps", "6", "--learning_rate", "5e-3"]
+    return ["--stage", "2", "--model_name_or_path", str(workdir / "parrot"), *data, *run, *extra]
+
+
 @pytest.mark.parametrize("bits", ["4", "8"])
 def test_qlora_sft_trains_and_merges_unquantized(workdir, tmp_path, bits):
     from peft import PeftModel
 
     out = tmp_path / "out"
-    argv = [
-        "--stage",
-        "2",
-        "--model_name_or_path",
-        str(workdir / "parrot"),
-        "--datasets",
-        str(workdir / "visual.json"),
-        "--image_folders",
-        str(workdir / "images"),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "6",
-        "--learning_rate",
-        "5e-3",
-        *LORA,
-        f"--load_in_{bits}bit",
-        *COMMON,
-    ]
-    trainer = _run("train_sft", argv)
+    trainer = _run("train_sft", _stage2_argv(workdir, out, *LORA, f"--load_in_{bits}bit", *COMMON))
     losses = _losses(trainer)
     assert losses[-1] < losses[0], losses
 
@@ -193,30 +181,9 @@ def test_qlora_sft_in_bf16(workdir, tmp_path, autocast):
     """`--dtype bfloat16` QLoRA (4-bit, bf16 matmuls) with and without the trainer's bf16 autocast: it trains, with
     the embeddings and lm_head in bf16 under autocast (float32 without: they meet float32 hidden states) and the
     trained projector + MoE copies in float32."""
-    argv = [
-        "--stage",
-        "2",
-        "--model_name_or_path",
-        str(workdir / "parrot"),
-        "--datasets",
-        str(workdir / "visual.json"),
-        "--image_folders",
-        str(workdir / "images"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--max_steps",
-        "6",
-        "--learning_rate",
-        "5e-3",
-        *[a if a != "float32" else "bfloat16" for a in LORA],
-        "--load_in_4bit",
-        "--merge_lora",
-        "False",
-        *COMMON[2:],
-        "--bf16",
-        autocast,
-    ]
-    trainer = _run("train_sft", argv)
+    lora = [a if a != "float32" else "bfloat16" for a in LORA]
+    extra = [*lora, "--load_in_4bit", "--merge_lora", "False", *COMMON[2:], "--bf16", autocast]
+    trainer = _run("train_sft", _stage2_argv(workdir, tmp_path / "out", *extra))
     losses = _losses(trainer)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     model = trainer.model

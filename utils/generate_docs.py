@@ -329,26 +329,48 @@ def _eval_label(name: str, data: dict) -> str:
 
 
 def eval_throughput_table() -> str:
-    """Questions/s of parrot-eval per backend and configuration (bench_eval.py)."""
+    """Questions/s of parrot-eval per backend and configuration (bench_eval.py): the runs on all questions with
+    their ratios over the best hf batch (and spread over rounds), then the batch-size sweep."""
     data = result("eval_throughput_cpu.json")
     ratios = data["ratios_over_hf_best"] or {}
     spreads = data.get("ratio_spread_over_rounds") or {}
     rows = []
     for name, qps in data["questions_per_second"].items():
         if name == data["hf_best"]:
-            ratio = "1.00 (best hf)"
-        elif ratios and name.startswith("hf_b"):  # the sweep: questions/s over the best batch's
-            ratio = f"{qps / data['questions_per_second'][data['hf_best']]:.2f}"
+            ratio = "1.00"
         elif name in ratios:
             ratio = f"{ratios[name]:.2f}"
-            if spreads.get(name, {}).get("rounds", 1) > 1:
+            if spreads[name]["rounds"] > 1:
                 ratio += f" [{spreads[name]['min']:.2f}, {spreads[name]['max']:.2f}]"
         else:
             ratio = "n/a"
-        equal = "yes" if data["predictions_equal_hf_b1"][name] else "**no**"
-        rows.append([_eval_label(name, data), f"{qps:.2f}", ratio, equal])
-    header = ["configuration", "questions/s", "vs the best hf batch", "predictions = hf batch 1"]
-    return table(header, "lrrl", rows)
+        equal = "yes" if data["predictions_equal_hf_best"][name] else "**no**"
+        rows.append([_eval_label(name, data), str(data["rows"]), f"{qps:.2f}", ratio, equal])
+    sweep = data["sweep"]
+    sweep_best = sweep["questions_per_second"][data["hf_best"]]
+    for name, qps in sweep["questions_per_second"].items():
+        equal = "yes" if sweep["predictions_equal_hf_b1"][name] else "**no**"
+        label = f"sweep: {_eval_label(name, data)}"
+        rows.append([label, str(sweep["rows"]), f"{qps:.2f}", f"{qps / sweep_best:.2f}", equal])
+    header = ["configuration", "questions", "questions/s", "vs the best hf batch", "same predictions"]
+    return table(header, "lrrrl", rows)
+
+
+def eval_throughput_summary() -> str:
+    """The README's short form of the throughput table: the runs on all questions, with the compute share."""
+    data = result("eval_throughput_cpu.json")
+    ratios, shares = data["ratios_over_hf_best"] or {}, data["compute"]["share_of_matmul_rate"]
+    rows = [
+        [
+            _eval_label(name, data),
+            f"{qps:.2f}",
+            "1.00" if name == data["hf_best"] else (f"{ratios[name]:.2f}" if name in ratios else "n/a"),
+            f"{100 * shares[name]:.0f} %",
+        ]
+        for name, qps in data["questions_per_second"].items()
+    ]
+    header = ["parrot-eval, CPU, `small` preset", "questions/s", "vs the best hf batch", "of the matmul rate"]
+    return table(header, "lrrr", rows)
 
 
 def eval_throughput_environment() -> str:
@@ -363,8 +385,8 @@ def eval_throughput_environment() -> str:
     return (
         f"Command: `{data['command']}`. Environment: {env['cpu']}, {env['cpu_count']} cores, "
         f"{env['threads']} threads per process (2 processes: half each), float32, preset `{data['preset']}`, "
-        f"{data['rows']} questions, {data['max_new_tokens']} new tokens at most, "
-        f"{rounds} round{'s' if rounds > 1 else ''}, load average {env['load_average_at_start'][0]:.1f} at the start "
+        f"{data['rows']} questions ({data['sweep']['rows']} in the batch-size sweep), {data['max_new_tokens']} new "
+        f"tokens at most, {rounds} round{'s' if rounds > 1 else ''}, load average {env['load_average_at_start'][0]:.1f} at the start "
         f"and {env['load_average_at_end'][0]:.1f} at the end; {versions}.\n"
     )
 
@@ -582,6 +604,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "cpu_lm_head_environment": cpu_lm_head_environment,
     "eval_throughput_table": eval_throughput_table,
     "eval_throughput_environment": eval_throughput_environment,
+    "eval_throughput_summary": eval_throughput_summary,
     "quantization_memory_table": quantization_memory_table,
     "quantization_speed_table": quantization_speed_table,
     "quantization_weights_table": quantization_weights_table,
@@ -617,6 +640,16 @@ VALUES: dict[str, Callable[[], str]] = {
         f"{1 / (1 - result('small_cpu.json')['flops']['moe_flop_share_prefill_b1']):.3f}"
     ),
     "eval_vllm_ratio": lambda: f"{(result('eval_throughput_cpu.json')['ratios_over_hf_best'] or {})['vllm']:.2f}",
+    "eval_flops_per_question": lambda: (
+        f"{result('eval_throughput_cpu.json')['compute']['flops_per_question'] / 1e9:.0f}"
+    ),
+    "eval_matmul_gflops": lambda: (
+        f"{result('eval_throughput_cpu.json')['compute']['matmul']['flops_per_s'] / 1e9:.0f}"
+    ),
+    "eval_hf_share": lambda: _eval_share(result("eval_throughput_cpu.json")["hf_best"]),
+    "eval_vllm_share": lambda: _eval_share("vllm"),
+    "eval_2proc_share": lambda: _eval_share("hf_2proc"),
+    "eval_ceiling": lambda: f"{result('eval_throughput_cpu.json')['compute']['ceiling_over_hf_best']:.2f}",
     "eval_2proc_ratio": lambda: f"{(result('eval_throughput_cpu.json')['ratios_over_hf_best'] or {})['hf_2proc']:.2f}",
     "small_cpu_train_flop_ratio": lambda: (
         f"{result('small_cpu.json')['flops']['parrot_train_flops'] / result('small_cpu.json')['flops']['llava_train_flops']:.3f}"
@@ -629,8 +662,18 @@ VALUES: dict[str, Callable[[], str]] = {
     "quantization_sequence": lambda: str(
         result("quantization.json")["computed"]["Parrot-7B"]["training"]["sequence_length"]
     ),
+    "quantization_qlora_24gb": lambda: " and ".join(
+        name
+        for name, shape in result("quantization.json")["computed"].items()
+        if 24 in shape["training"]["qlora_4bit"]["batch_1"]["fits_gpus_gib"]
+    ),
     "small_cpu_bitwise": lambda: str(result("small_cpu.json")["correctness"]["bitwise_equal_use_moe_false"]).lower(),
 }
+
+
+def _eval_share(name: str) -> str:
+    """The share (%) of the machine's plain-matmul FLOP rate configuration `name` of bench_eval.py used."""
+    return f"{100 * result('eval_throughput_cpu.json')['compute']['share_of_matmul_rate'][name]:.0f}"
 
 
 def _spread(target: str) -> str:
