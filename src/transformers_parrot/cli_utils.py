@@ -70,7 +70,7 @@ def _missing(value: str, what: str) -> str:
     return message
 
 
-def _readable_dir(path: Path, value: str) -> None:
+def _readable_dir(path: Path) -> None:
     if not os.access(path, os.R_OK | os.X_OK):
         raise InputError("folder is not readable")
 
@@ -108,7 +108,7 @@ def check_model(value: str) -> str:
     """A model folder holding a readable config.json, or a well-formed Hub model id."""
     path = Path(value).expanduser()
     if path.is_dir():
-        _readable_dir(path, value)
+        _readable_dir(path)
         config = path / MODEL_CONFIG_FILE
         if not config.is_file():
             raise InputError(f"folder holds no {MODEL_CONFIG_FILE}: not a saved model")
@@ -142,7 +142,7 @@ def check_folder(value: str) -> str:
         raise InputError("is a file; expected a folder")
     if not path.is_dir():
         raise InputError(_missing(value, "folder"))
-    _readable_dir(path, value)
+    _readable_dir(path)
     return str(path)
 
 
@@ -179,7 +179,7 @@ def check_dataset(value: str, suffixes: Iterable[str] = DATA_FILE_SUFFIXES) -> s
     if path.is_file():
         return check_file(value, suffixes)
     if path.is_dir():
-        _readable_dir(path, value)
+        _readable_dir(path)
         if not _holds_data_file(path, suffixes):
             raise InputError(f"folder holds no data file ({', '.join(suffixes)})")
         return str(path)

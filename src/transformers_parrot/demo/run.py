@@ -18,8 +18,8 @@ Stages (all under `--output`, default ``parrot-demo-output/``), each with its ow
    on and trains on descriptions and questions in every language, with the LLM and the tower at a thirtieth of the
    projector's and MoE's rate, so turning the English-biased visual tokens into language-specific ones is left to
    the MoE: the answers need its routing (`benchmarks/bench_routing_ablation.py`, docs/demo.md). `--fast_llm` is a
-   faster-learning LLM recipe (English descriptions only in stage 1, everything at 1e-3 in stage 2): as accurate, but the LLM
-   then does the language work itself and the routing is decoration.
+   faster-learning LLM recipe (English descriptions only in stage 1, everything at 1e-3 in stage 2): as accurate,
+   but the LLM then does the language work itself and the routing is decoration.
 4. evaluation: `transformers_parrot.evaluation.evaluate` on the six TSVs in one call (``eval/``), then the
    routing per language and the figures (`demo.plots`).
 
@@ -606,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         "fast_llm",
         action="store_true",
-        help="a recipe where the LLM learns the languages: English descriptions only in stage 1, everything at 1e-3 in stage 2; as "
-        "accurate, but the LLM does the language work and the answers do not need the routing (docs/demo.md)",
+        help="English descriptions only in stage 1, everything at 1e-3 in stage 2: as accurate, but the LLM does "
+        "the language work and the answers do not need the routing (docs/demo.md)",
     )
     add_flag(
         p,

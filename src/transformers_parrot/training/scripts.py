@@ -184,8 +184,10 @@ def prepare_kbit_model(model, mixed_precision: bool = True) -> int:
     embeddings = {model.get_input_embeddings(), model.get_output_embeddings()}
     loaded = {parameter: parameter.dtype for module in embeddings for parameter in module.parameters()}
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if not mixed_precision:
+        return 0
     cast = 0
-    for parameter, dtype in loaded.items() if mixed_precision else ():
+    for parameter, dtype in loaded.items():
         if parameter.dtype != dtype and dtype.itemsize == 2:
             parameter.data = parameter.data.to(dtype)
             cast += parameter.numel()
@@ -199,8 +201,8 @@ def prepare_stage(model, script_args: ParrotScriptArguments, training_args, mode
 
     Full training: `recipes.setup_stage` (trainable parameters, `use_moe`). LoRA: the stage's config only (PEFT
     freezes the rest); a k-bit model is prepared for training first (`prepare_kbit_model`: frozen, unquantized
-    weights in float32 but, under `--bf16` / `--fp16`, the embeddings and `lm_head`; activation checkpointing stays the trainer's
-    `--activation_checkpointing`).
+    weights in float32 but, under `--bf16` / `--fp16`, the embeddings and `lm_head`; activation checkpointing stays
+    the trainer's `--activation_checkpointing`).
     """
     check_model_args(script_args, training_args, model_args, recipe, in_memory=True)
     stage = recipe_stage(script_args, recipe)
